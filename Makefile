@@ -1,0 +1,40 @@
+# The few verbs a newcomer needs. Everything installs into ./.venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-replay quality clean system-deps
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## demo: the detector on a live simulated city stream (embedded broker, no Docker)
+demo: $(STAMP)
+	$(BIN)/geoincident demo
+
+## test: the whole test suite (unit, property, integration against a real broker)
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest
+
+## system-deps: Debian packages the tests drive for real (promtool, prometheus, chromium)
+system-deps:
+	@bash scripts/system-deps
+
+lint: $(STAMP)
+	$(BIN)/ruff check geo detectors stream sim tests benchmarks
+	$(BIN)/ruff format --check geo detectors stream sim tests benchmarks
+
+## bench-replay: replay throughput against the naive baseline (writes docs/benchmarks.md)
+bench-replay: $(STAMP)
+	$(BIN)/python benchmarks/replay.py
+
+## quality: simulate -> replay -> evaluate over 5 seeds, beside the naive baseline (docs/quality.md)
+quality: $(STAMP)
+	$(BIN)/python benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

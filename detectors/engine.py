@@ -1,0 +1,509 @@
+"""The detector: reports in, incident events out. No I/O, no clock, no asyncio.
+
+Time is event time. The watermark is the highest event time seen minus `allowed_lateness`;
+reports wait in a buffer until the watermark passes them and are then processed in
+(event time, id) order, interleaved with timers (throttled updates, quiet resolution), so any
+arrival order within the lateness bound yields the same decisions, byte for byte. A report that
+arrives behind the watermark but within the window is "late": it is processed at once and can
+still join and validate its cluster. One older than the watermark minus the window is
+`too_late`: it can no longer change any decision.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+from geoincident.detectors.actions import Action, ActionError
+from geoincident.detectors.clusters import AccuracyWeights, Cluster, ClusterIndex
+from geoincident.detectors.events import OPENED, RESOLVED, UPDATED, IncidentEvent
+from geoincident.detectors.lifecycle import (
+    STATUS_ACKNOWLEDGED,
+    STATUS_OPEN,
+    STATUS_RESOLVED,
+    Incident,
+    incident_id_for,
+)
+from geoincident.detectors.params import DetectorParams
+from geoincident.detectors.report import Report
+from geoincident.detectors.taxonomy import UNCLASSIFIED
+from geoincident.detectors.timefmt import format_ms, parse_rfc3339_ms
+from geoincident.geo.cells import index_resolution_for_radius
+
+ACCEPTED = "accepted"
+DUPLICATE = "duplicate"
+UNCLASSIFIED_OUTCOME = "unclassified"
+TOO_LATE = "too_late"
+
+_QUIET = 0
+_UPDATE = 1
+_FORGET = 2
+
+_NO_EVENTS: list[IncidentEvent] = []
+
+
+class Detector:
+    """`observe(report) -> events`, `advance(watermark_ms) -> events`; state in plain attributes."""
+
+    def __init__(self, params: DetectorParams | None = None) -> None:
+        self.params = params = params or DetectorParams()
+        self.index = ClusterIndex(
+            index_resolution_for_radius(params.max_radius_m, params.resolution)
+        )
+        self.accuracy = AccuracyWeights(params.default_accuracy_m, params.accuracy_floor_m)
+        self.incidents: dict[str, Incident] = {}
+        self.blocked_reporters: set[str] = set()
+        self.blocked_devices: set[str] = set()
+        self.max_ts_ms: int | None = None
+        self.watermark_ms: int | None = None
+        self.clock_ms: int | None = None
+        self.last_outcome = ACCEPTED
+        self.counts: dict[str, int] = {
+            ACCEPTED: 0,
+            DUPLICATE: 0,
+            UNCLASSIFIED_OUTCOME: 0,
+            TOO_LATE: 0,
+        }
+        self._pending: list[tuple[int, str, Report]] = []
+        self._expiry: list[tuple[int, int, str]] = []
+        self._seen: dict[str, Cluster | None] = {}
+        self._timers: list[tuple[int, int, int, str]] = []
+        self._cluster_of: dict[str, Cluster] = {}
+        self._seq = 0
+        self._lateness_ms = params.allowed_lateness_ms
+        self._category_params = {name: params.for_category(name) for name in params.taxonomy.names}
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def state_reports(self) -> int:
+        """Reports held: waiting for the watermark, or members inside a cluster's window."""
+        return len(self._pending) + len(self._expiry)
+
+    @property
+    def active_cells(self) -> int:
+        return self.index.active_cells()
+
+    def open_incidents(self) -> list[Incident]:
+        return [incident for incident in self.incidents.values() if incident.is_open]
+
+    def observe(self, report: Report) -> list[IncidentEvent]:
+        """Take one parsed report; `last_outcome` tells what became of it."""
+        if report.category == UNCLASSIFIED:
+            return self._outcome(UNCLASSIFIED_OUTCOME)
+        if report.id in self._seen:
+            return self._outcome(DUPLICATE)
+        ts_ms = report.ts_ms
+        watermark = self.watermark_ms
+        if watermark is not None and ts_ms < watermark:
+            window_ms = self._params_of(report.category).window_ms
+            if ts_ms < watermark - window_ms:
+                return self._outcome(TOO_LATE)
+            self._accept(report)
+            return self._process(report, late=True)
+        self._accept(report)
+        heapq.heappush(self._pending, (ts_ms, report.id, report))
+        if self.max_ts_ms is None or ts_ms > self.max_ts_ms:
+            self.max_ts_ms = ts_ms
+            return self._run(ts_ms - self._lateness_ms)
+        return _NO_EVENTS
+
+    def observe_many(self, reports: Iterable[Report]) -> list[IncidentEvent]:
+        events: list[IncidentEvent] = []
+        for report in reports:
+            produced = self.observe(report)
+            if produced:
+                events.extend(produced)
+        return events
+
+    def advance(self, watermark_ms: int) -> list[IncidentEvent]:
+        """Move event time forward (never back): process what the watermark has passed."""
+        return self._run(watermark_ms)
+
+    def flush(self) -> list[IncidentEvent]:
+        """End of input: the watermark moves to the latest event time seen."""
+        if self.max_ts_ms is None:
+            return []
+        events = self._run(self.max_ts_ms)
+        # Throttled updates already decided but not yet due are emitted at their due time: no
+        # more input can change them, and the output should end with each incident's last state.
+        # Quiet resolutions are not: the input ended, it did not fall quiet for an hour.
+        for due_ms, _, kind, incident_id in sorted(self._timers):
+            if kind == _UPDATE:
+                self._fire(kind, incident_id, due_ms, events)
+        self._timers = [timer for timer in self._timers if timer[2] != _UPDATE]
+        heapq.heapify(self._timers)
+        return events
+
+    def block(self, reporter: str | None = None, device: str | None = None) -> None:
+        """From now on, reports of this reporter/device count for nothing anywhere."""
+        if reporter:
+            self.blocked_reporters.add(reporter)
+        if device:
+            self.blocked_devices.add(device)
+
+    def apply_action(self, action: Action) -> list[IncidentEvent]:
+        """A dispatcher action (CONTRACT §3). Raises ActionError for unknown incidents/reports."""
+        at_ms = parse_rfc3339_ms(action.at) if action.at else (self.clock_ms or 0)
+        if action.action == "block":
+            self.block(action.reporter, action.device)
+            return []
+        incident = self.incidents.get(action.incident_id)
+        if incident is None:
+            raise ActionError("unknown_incident", f"no incident {action.incident_id!r}")
+        incident.history.append(action.to_dict())
+        kind = action.action
+        if kind == "ack":
+            incident.acknowledged_by = action.by
+            incident.acknowledged_at = format_ms(at_ms)
+            if incident.status == STATUS_OPEN:
+                incident.status = STATUS_ACKNOWLEDGED
+            return [incident.event(UPDATED, at_ms, None)]
+        if kind == "assign":
+            incident.assigned_to = action.to
+            return [incident.event(UPDATED, at_ms, None)]
+        if kind == "resolve":
+            if not incident.is_open:
+                raise ActionError("already_resolved", f"{incident.incident_id} is resolved")
+            return [self._resolve(incident, "dispatcher", at_ms)]
+        if kind == "reopen":
+            return self._reopen(incident, at_ms)
+        if kind == "flag_report":
+            return self._flag(incident, action.report_id or "", at_ms)
+        raise ActionError("bad_action", f"unknown action {kind!r}")
+
+    # ------------------------------------------------------------------ the event-time loop
+
+    def _outcome(self, outcome: str) -> list[IncidentEvent]:
+        self.last_outcome = outcome
+        self.counts[outcome] += 1
+        return _NO_EVENTS
+
+    def _accept(self, report: Report) -> None:
+        self.last_outcome = ACCEPTED
+        self.counts[ACCEPTED] += 1
+        self._seen[report.id] = None
+
+    def _params_of(self, category: str):
+        found = self._category_params.get(category)
+        if found is None:
+            found = self._category_params[category] = self.params.for_category(category)
+        return found
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _run(self, watermark_ms: int) -> list[IncidentEvent]:
+        if self.watermark_ms is not None and watermark_ms <= self.watermark_ms:
+            return _NO_EVENTS
+        self.watermark_ms = watermark_ms
+        events: list[IncidentEvent] = []
+        pending = self._pending
+        timers = self._timers
+        while True:
+            next_report = pending[0][0] if pending else None
+            next_timer = timers[0][0] if timers else None
+            if (
+                next_timer is not None
+                and next_timer <= watermark_ms
+                and (next_report is None or next_timer <= next_report)
+            ):
+                due_ms, _, kind, incident_id = heapq.heappop(timers)
+                self._tick(due_ms)
+                self._fire(kind, incident_id, due_ms, events)
+            elif next_report is not None and next_report <= watermark_ms:
+                ts_ms, _, report = heapq.heappop(pending)
+                self._tick(ts_ms)
+                produced = self._process(report, late=False)
+                if produced:
+                    events.extend(produced)
+            else:
+                break
+        if self.clock_ms is None or watermark_ms > self.clock_ms:
+            self._tick(watermark_ms)
+        return events
+
+    def _tick(self, now_ms: int) -> None:
+        """Advance the processing clock; members that left every window are forgotten."""
+        if self.clock_ms is not None and now_ms <= self.clock_ms:
+            return
+        self.clock_ms = now_ms
+        expiry = self._expiry
+        touched: dict[int, Cluster] = {}
+        while expiry and expiry[0][0] < now_ms:
+            _, _, report_id = heapq.heappop(expiry)
+            cluster = self._seen.pop(report_id, None)
+            if cluster is None:
+                continue
+            for member in cluster.members:
+                if member.id == report_id:
+                    cluster.remove(member)
+                    break
+            if cluster.incident is None:
+                touched[id(cluster)] = cluster
+        for cluster in touched.values():
+            if cluster.members:
+                cluster.rebuild(self.accuracy)
+                self.index.moved(cluster)
+            else:
+                self.index.remove(cluster)
+
+    def _fire(self, kind: int, incident_id: str, due_ms: int, events: list[IncidentEvent]) -> None:
+        incident = self.incidents.get(incident_id)
+        if incident is None:
+            return
+        if kind == _QUIET:
+            if not incident.is_open:
+                return
+            quiet_until = incident.last_ts_ms + self.params.resolve_after_ms
+            if quiet_until > due_ms:
+                self._timer(quiet_until, _QUIET, incident_id)
+                return
+            events.append(self._resolve(incident, "quiet", due_ms))
+        elif kind == _UPDATE:
+            if incident.is_open and incident.update_due:
+                events.append(incident.event(UPDATED, due_ms, None))
+        elif kind == _FORGET:
+            if not incident.is_open and incident.resolved_ts_ms is not None:
+                if incident.resolved_ts_ms + self.params.retain_resolved_ms <= due_ms:
+                    del self.incidents[incident_id]
+                    self._cluster_of.pop(incident_id, None)
+
+    def _timer(self, due_ms: int, kind: int, incident_id: str) -> None:
+        heapq.heappush(self._timers, (due_ms, self._next_seq(), kind, incident_id))
+
+    # ------------------------------------------------------------------ clustering
+
+    def _weight(self, report: Report) -> float:
+        if report.reporter in self.blocked_reporters or (
+            report.device is not None and report.device in self.blocked_devices
+        ):
+            return 0.0
+        return self.params.source_weight(report.source)
+
+    def _process(self, report: Report, late: bool) -> list[IncidentEvent]:
+        category_params = self._params_of(report.category)
+        weight = self._weight(report)
+        cell = self.index.cell(report.lat, report.lon)
+        near = self.index.near(
+            report.category, report.lat, report.lon, category_params.radius_m, cell
+        )
+        heapq.heappush(
+            self._expiry,
+            (report.ts_ms + category_params.window_ms, self._next_seq(), report.id),
+        )
+        events: list[IncidentEvent] = []
+        if not near:
+            cluster = Cluster(report, weight)
+            self.index.insert(cluster)
+            self._seen[report.id] = cluster
+            self._check_threshold(cluster, report, late, events)
+            return events
+        cluster = min(near, key=_preference)[1]
+        cluster.add(report, weight)
+        self._seen[report.id] = cluster
+        incident = cluster.incident
+        if incident is not None:
+            self._join_incident(incident, report, weight, events)
+            cluster.lat, cluster.lon = incident.centre()
+        else:
+            cluster.recentre(self.accuracy)
+            self._check_threshold(cluster, report, late, events)
+        self.index.moved(cluster)
+        self._merge_neighbours(cluster, report, events)
+        return events
+
+    def _join_incident(
+        self, incident: Incident, report: Report, weight: float, events: list[IncidentEvent]
+    ) -> None:
+        if incident.add(report, weight, self.accuracy(report.accuracy_m)):
+            self._updated(incident, report.id, events)
+
+    def _updated(
+        self, incident: Incident, trigger: str | None, events: list[IncidentEvent]
+    ) -> None:
+        """New independent reporters: emit now, or once the update interval has passed."""
+        now_ms = self.clock_ms or 0
+        due_ms = incident.last_emit_ts_ms + self.params.update_interval_ms
+        if now_ms >= due_ms:
+            events.append(incident.event(UPDATED, now_ms, trigger))
+        elif not incident.update_due:
+            incident.update_due = True
+            self._timer(due_ms, _UPDATE, incident.incident_id)
+
+    def _check_threshold(
+        self, cluster: Cluster, report: Report, late: bool, events: list[IncidentEvent]
+    ) -> None:
+        category_params = self._params_of(cluster.category)
+        threshold = category_params.threshold
+        if cluster.independence.score < threshold:
+            return
+        validated_ms = report.ts_ms
+        if late:
+            # A late report completes a window that ends at some later member: find the first.
+            window_ms = category_params.window_ms
+            crossing = None
+            for member in cluster.members:
+                if member.ts_ms < report.ts_ms:
+                    continue
+                end_ms = member.ts_ms
+                if cluster.window_score(end_ms - window_ms, end_ms) >= threshold:
+                    crossing = end_ms
+                    break
+            if crossing is None:
+                return
+            validated_ms = crossing
+        self._open(cluster, validated_ms, report.id, events)
+
+    def _open(
+        self, cluster: Cluster, validated_ms: int, trigger: str, events: list[IncidentEvent]
+    ) -> None:
+        params = self.params
+        category_params = self._params_of(cluster.category)
+        incident = Incident(
+            incident_id_for(cluster.category, cluster.founder_ts_ms, cluster.founder_id),
+            cluster.category,
+            category_params.threshold,
+            params.resolution,
+            validated_ms,
+            params.max_report_ids,
+        )
+        for member in cluster.members:
+            incident.add(member, cluster.weights[member.id], self.accuracy(member.accuracy_m))
+        lat, lon = incident.centre()
+        if params.geofences is not None:
+            incident.jurisdiction = params.geofences.lookup(lat, lon)
+        cluster.incident = incident
+        cluster.lat, cluster.lon = lat, lon
+        self.incidents[incident.incident_id] = incident
+        self._cluster_of[incident.incident_id] = cluster
+        emitted_ms = max(validated_ms, self.clock_ms or validated_ms)
+        incident.last_emit_ts_ms = emitted_ms
+        events.append(incident.event(OPENED, emitted_ms, trigger))
+        self._timer(incident.last_ts_ms + params.resolve_after_ms, _QUIET, incident.incident_id)
+
+    def _merge_neighbours(
+        self, cluster: Cluster, report: Report, events: list[IncidentEvent]
+    ) -> None:
+        """Clusters whose centres came within the radius of each other become one."""
+        radius_m = self._params_of(cluster.category).radius_m
+        for _ in range(64):  # a cascade ends quickly; the bound only guards against a cycle
+            others = [
+                (distance, other)
+                for distance, other in self.index.near(
+                    cluster.category, cluster.lat, cluster.lon, radius_m
+                )
+                if other is not cluster
+            ]
+            if not others:
+                return
+            other = min(others, key=_preference)[1]
+            if _survives(cluster, other):
+                survivor, loser = cluster, other
+            else:
+                survivor, loser = other, cluster
+            self._merge(survivor, loser, report, events)
+            cluster = survivor
+
+    def _merge(
+        self, survivor: Cluster, loser: Cluster, report: Report, events: list[IncidentEvent]
+    ) -> None:
+        self.index.remove(loser)
+        seen = self._seen
+        for member in loser.members:
+            survivor.add(member, loser.weights[member.id])
+            seen[member.id] = survivor
+        kept, gone = survivor.incident, loser.incident
+        now_ms = self.clock_ms or report.ts_ms
+        if kept is not None and gone is not None:
+            gone.superseded_by = kept.incident_id
+            events.append(self._resolve(gone, "superseded", now_ms))
+            groups_before = kept.independence.groups
+            kept.absorb(gone)
+            if kept.independence.groups > groups_before:
+                self._updated(kept, report.id, events)
+            kept.last_ts_ms = max(kept.last_ts_ms, gone.last_ts_ms)
+        elif kept is not None:
+            new_reporters = False
+            for member in loser.members:
+                position_weight = self.accuracy(member.accuracy_m)
+                if kept.add(member, loser.weights[member.id], position_weight):
+                    new_reporters = True
+            if new_reporters:
+                self._updated(kept, report.id, events)
+        if kept is not None:
+            survivor.lat, survivor.lon = kept.centre()
+        else:
+            survivor.rebuild(self.accuracy)
+            self._check_threshold(survivor, report, False, events)
+            if survivor.incident is not None:
+                survivor.lat, survivor.lon = survivor.incident.centre()
+        self.index.moved(survivor)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _resolve(self, incident: Incident, reason: str, at_ms: int) -> IncidentEvent:
+        incident.status = STATUS_RESOLVED
+        incident.resolved_reason = reason
+        incident.resolved_ts_ms = at_ms
+        cluster = self._cluster_of.get(incident.incident_id)
+        if cluster is not None:
+            self.index.remove(cluster)
+        self._timer(at_ms + self.params.retain_resolved_ms, _FORGET, incident.incident_id)
+        return incident.event(RESOLVED, at_ms, None)
+
+    def _reopen(self, incident: Incident, at_ms: int) -> list[IncidentEvent]:
+        if incident.is_open:
+            raise ActionError("not_resolved", f"{incident.incident_id} is open")
+        incident.status = STATUS_OPEN
+        incident.resolved_reason = None
+        incident.resolved_ts_ms = None
+        incident.superseded_by = None
+        # Quiet is counted again from the reopening, not from the last report.
+        incident.last_ts_ms = max(incident.last_ts_ms, at_ms)
+        cluster = self._cluster_of.get(incident.incident_id)
+        if cluster is not None and not cluster.index_cell:
+            cluster.lat, cluster.lon = incident.centre()
+            self.index.insert(cluster)
+        self._timer(
+            incident.last_ts_ms + self.params.resolve_after_ms, _QUIET, incident.incident_id
+        )
+        return [incident.event(UPDATED, at_ms, None)]
+
+    def _flag(self, incident: Incident, report_id: str, at_ms: int) -> list[IncidentEvent]:
+        if report_id not in incident.members:
+            raise ActionError(
+                "unknown_report", f"report {report_id!r} is not a member of {incident.incident_id}"
+            )
+        if not incident.members_complete:
+            raise ActionError(
+                "incident_too_large",
+                f"{incident.incident_id} has too many members to re-score; block the reporter",
+            )
+        incident.rescore_without(report_id)
+        cluster = self._cluster_of.get(incident.incident_id)
+        if cluster is not None and report_id in cluster.weights:
+            for member in cluster.members:
+                if member.id == report_id:
+                    cluster.remove(member)
+                    break
+        if incident.is_open and incident.independence.score < incident.threshold:
+            return [self._resolve(incident, "retracted", at_ms)]
+        return [incident.event(UPDATED, at_ms, None)]
+
+
+def _preference(entry: tuple[float, Cluster]) -> tuple[int, float, int, str]:
+    """Join an open incident before a forming cluster; then the nearest; then the oldest."""
+    distance, cluster = entry
+    return (0 if cluster.incident is not None else 1, distance, *cluster.seniority)
+
+
+def _survives(a: Cluster, b: Cluster) -> bool:
+    """Which of two merging clusters keeps its identity: an incident over a forming cluster,
+    then the older one."""
+    a_incident = a.incident is not None
+    b_incident = b.incident is not None
+    if a_incident != b_incident:
+        return a_incident
+    return a.seniority <= b.seniority

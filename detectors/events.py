@@ -1,0 +1,99 @@
+"""Incident events (CONTRACT §2) and their JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+OPENED = "opened"
+UPDATED = "updated"
+RESOLVED = "resolved"
+
+KIND_LOCAL = "local"
+KIND_SURGE = "surge"
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEvent:
+    incident_id: str
+    event: str
+    version: int
+    kind: str
+    category: str
+    lat: float
+    lon: float
+    h3_cell: str
+    cells: tuple[str, ...]
+    geometry: dict[str, Any]
+    radius_m: float
+    first_report_at: str
+    validated_at: str
+    last_report_at: str
+    emitted_at: str
+    report_count: int
+    independent_reporters: int
+    score: float
+    confidence: float
+    report_ids: tuple[str, ...]
+    report_ids_truncated: bool
+    sources: dict[str, int]
+    jurisdiction: str | None
+    status: str
+    resolved_reason: str | None = None
+    surge: dict[str, Any] | None = None
+    acknowledged_by: str | None = None
+    acknowledged_at: str | None = None
+    assigned_to: str | None = None
+    superseded_by: str | None = None
+    # Not part of the JSON: the id of the report whose processing produced this event, so the
+    # worker can measure detection latency from that report's arrival.
+    trigger_report_id: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "incident_id": self.incident_id,
+            "event": self.event,
+            "version": self.version,
+            "kind": self.kind,
+            "category": self.category,
+            "lat": self.lat,
+            "lon": self.lon,
+            "h3_cell": self.h3_cell,
+            "cells": list(self.cells),
+            "geometry": self.geometry,
+            "radius_m": self.radius_m,
+            "first_report_at": self.first_report_at,
+            "validated_at": self.validated_at,
+            "last_report_at": self.last_report_at,
+            "emitted_at": self.emitted_at,
+            "report_count": self.report_count,
+            "independent_reporters": self.independent_reporters,
+            "score": self.score,
+            "confidence": self.confidence,
+            "report_ids": list(self.report_ids),
+        }
+        if self.report_ids_truncated:
+            body["report_ids_truncated"] = True
+        body["sources"] = self.sources
+        body["jurisdiction"] = self.jurisdiction
+        body["status"] = self.status
+        for name in (
+            "resolved_reason",
+            "surge",
+            "acknowledged_by",
+            "acknowledged_at",
+            "assigned_to",
+            "superseded_by",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        return body
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())

@@ -1,0 +1,250 @@
+"""Incidents: what a validated cluster becomes, and the events that tell the world about it.
+
+An incident is opened exactly once, updated at most once per `update_interval` when new
+independent reporters join (or at once on a dispatcher action), and resolved after
+`resolve_after` of event-time quiet, by a dispatcher, by a merge (`superseded`) or when flagged
+reports leave it below the threshold (`retracted`). Its id is a hash of its founding report, so
+the same input gives the same ids in every replay, restart and partitioning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from geoincident.detectors.events import (
+    KIND_LOCAL,
+    IncidentEvent,
+)
+from geoincident.detectors.independence import Independence
+from geoincident.detectors.report import Report
+from geoincident.detectors.timefmt import format_ms
+from geoincident.geo.cells import cell_of, covering_polygon
+from geoincident.geo.distance import WeightedCentroid, haversine_m
+
+STATUS_OPEN = "open"
+STATUS_ACKNOWLEDGED = "acknowledged"
+STATUS_RESOLVED = "resolved"
+
+# Members remembered per incident for re-scoring after `flag_report`; beyond this an incident
+# is re-scored from aggregates only and refuses to un-count single reports.
+MAX_MEMBER_RECORDS = 1000
+
+
+def incident_id_for(category: str, founder_ts_ms: int, founder_id: str) -> str:
+    digest = hashlib.blake2b(
+        f"{category}\x1f{founder_ts_ms}\x1f{founder_id}".encode(), digest_size=8
+    ).hexdigest()
+    return f"inc-{digest}"
+
+
+def confidence_of(score: float, threshold: float) -> float:
+    """0.75 at the threshold, 0.94 at twice it, approaching 1: more independent voices, surer."""
+    if threshold <= 0:
+        return 1.0
+    return round(1.0 - 2.0 ** (-2.0 * score / threshold), 3)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    report_id: str
+    reporter: str
+    device: str | None
+    weight: float
+
+
+class Incident:
+    __slots__ = (
+        "incident_id",
+        "category",
+        "kind",
+        "threshold",
+        "resolution",
+        "status",
+        "version",
+        "first_ts_ms",
+        "validated_ts_ms",
+        "last_ts_ms",
+        "centroid",
+        "cells",
+        "points",
+        "report_count",
+        "report_ids",
+        "report_ids_truncated",
+        "sources",
+        "independence",
+        "members",
+        "members_complete",
+        "jurisdiction",
+        "last_emit_ts_ms",
+        "update_due",
+        "resolved_reason",
+        "resolved_ts_ms",
+        "acknowledged_by",
+        "acknowledged_at",
+        "assigned_to",
+        "superseded_by",
+        "history",
+        "max_report_ids",
+    )
+
+    def __init__(
+        self,
+        incident_id: str,
+        category: str,
+        threshold: float,
+        resolution: int,
+        validated_ts_ms: int,
+        max_report_ids: int,
+    ) -> None:
+        self.incident_id = incident_id
+        self.category = category
+        self.kind = KIND_LOCAL
+        self.threshold = threshold
+        self.resolution = resolution
+        self.status = STATUS_OPEN
+        self.version = 0
+        self.first_ts_ms = validated_ts_ms
+        self.validated_ts_ms = validated_ts_ms
+        self.last_ts_ms = validated_ts_ms
+        self.centroid = WeightedCentroid()
+        self.cells: set[str] = set()
+        self.points: list[tuple[float, float]] = []
+        self.report_count = 0
+        self.report_ids: list[str] = []
+        self.report_ids_truncated = False
+        self.sources: dict[str, int] = {}
+        self.independence = Independence()
+        self.members: dict[str, MemberRecord] = {}
+        self.members_complete = True
+        self.jurisdiction: str | None = None
+        self.last_emit_ts_ms = validated_ts_ms
+        self.update_due = False
+        self.resolved_reason: str | None = None
+        self.resolved_ts_ms: int | None = None
+        self.acknowledged_by: str | None = None
+        self.acknowledged_at: str | None = None
+        self.assigned_to: str | None = None
+        self.superseded_by: str | None = None
+        self.history: list[dict] = []
+        self.max_report_ids = max_report_ids
+
+    @property
+    def is_open(self) -> bool:
+        return self.status != STATUS_RESOLVED
+
+    def add(self, report: Report, weight: float, position_weight: float) -> bool:
+        """Count a member report; True when it brought a new independent reporter."""
+        groups_before = self.independence.groups
+        self.independence.add(report.reporter, report.device, weight)
+        self.centroid.add(report.lat, report.lon, position_weight)
+        self.cells.add(cell_of(report.lat, report.lon, self.resolution))
+        self.report_count += 1
+        if report.ts_ms < self.first_ts_ms:
+            self.first_ts_ms = report.ts_ms
+        if report.ts_ms > self.last_ts_ms:
+            self.last_ts_ms = report.ts_ms
+        if len(self.report_ids) < self.max_report_ids:
+            self.report_ids.append(report.id)
+            self.points.append((report.lat, report.lon))
+        else:
+            self.report_ids_truncated = True
+        source = report.source or "unknown"
+        self.sources[source] = self.sources.get(source, 0) + 1
+        if len(self.members) < MAX_MEMBER_RECORDS:
+            self.members[report.id] = MemberRecord(
+                report.id, report.reporter, report.device, weight
+            )
+        else:
+            self.members_complete = False
+        return self.independence.groups > groups_before
+
+    def absorb(self, other: Incident) -> None:
+        """Take over another incident's members (a merge; `other` is superseded)."""
+        self.independence.merge_from(other.independence)
+        c, o = self.centroid, other.centroid
+        c.x += o.x
+        c.y += o.y
+        c.z += o.z
+        c.weight += o.weight
+        self.cells |= other.cells
+        self.report_count += other.report_count
+        room = self.max_report_ids - len(self.report_ids)
+        self.report_ids.extend(other.report_ids[:room])
+        self.points.extend(other.points[:room])
+        if other.report_ids_truncated or len(other.report_ids) > room:
+            self.report_ids_truncated = True
+        for source, count in other.sources.items():
+            self.sources[source] = self.sources.get(source, 0) + count
+        for report_id, record in other.members.items():
+            if len(self.members) < MAX_MEMBER_RECORDS:
+                self.members[report_id] = record
+            else:
+                self.members_complete = False
+        self.members_complete = self.members_complete and other.members_complete
+        self.first_ts_ms = min(self.first_ts_ms, other.first_ts_ms)
+        self.last_ts_ms = max(self.last_ts_ms, other.last_ts_ms)
+
+    def rescore_without(self, report_id: str) -> None:
+        """Un-count one member (`flag_report`), rebuilding independence from the members kept."""
+        record = self.members.pop(report_id)
+        independence = Independence()
+        for member in self.members.values():
+            independence.add(member.reporter, member.device, member.weight)
+        self.independence = independence
+        self.report_count -= 1
+        if report_id in self.report_ids:
+            position = self.report_ids.index(report_id)
+            del self.report_ids[position]
+            del self.points[position]
+        del record
+
+    def centre(self) -> tuple[float, float]:
+        return self.centroid.latlon()
+
+    def event(self, name: str, emitted_ts_ms: int, trigger_report_id: str | None) -> IncidentEvent:
+        self.version += 1
+        self.last_emit_ts_ms = max(self.last_emit_ts_ms, emitted_ts_ms)
+        self.update_due = False
+        lat, lon = self.centre()
+        lat = round(lat, 7)
+        lon = round(lon, 7)
+        radius_m = 0.0
+        for point_lat, point_lon in self.points:
+            distance = haversine_m(lat, lon, point_lat, point_lon)
+            if distance > radius_m:
+                radius_m = distance
+        score = round(self.independence.score, 6)
+        return IncidentEvent(
+            incident_id=self.incident_id,
+            event=name,
+            version=self.version,
+            kind=self.kind,
+            category=self.category,
+            lat=lat,
+            lon=lon,
+            h3_cell=cell_of(lat, lon, self.resolution),
+            cells=tuple(sorted(self.cells)),
+            geometry=covering_polygon(self.cells),
+            radius_m=round(math.ceil(radius_m * 10.0) / 10.0, 1),
+            first_report_at=format_ms(self.first_ts_ms),
+            validated_at=format_ms(self.validated_ts_ms),
+            last_report_at=format_ms(self.last_ts_ms),
+            emitted_at=format_ms(emitted_ts_ms),
+            report_count=self.report_count,
+            independent_reporters=self.independence.groups,
+            score=score,
+            confidence=confidence_of(score, self.threshold),
+            report_ids=tuple(self.report_ids),
+            report_ids_truncated=self.report_ids_truncated,
+            sources=dict(sorted(self.sources.items())),
+            jurisdiction=self.jurisdiction,
+            status=self.status,
+            resolved_reason=self.resolved_reason,
+            acknowledged_by=self.acknowledged_by,
+            acknowledged_at=self.acknowledged_at,
+            assigned_to=self.assigned_to,
+            superseded_by=self.superseded_by,
+            trigger_report_id=trigger_report_id,
+        )

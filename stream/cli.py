@@ -1,0 +1,187 @@
+"""The `geoincident` command line (CONTRACT §5)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, BinaryIO
+
+import typer
+from geoincident.stream.config import ConfigError, Settings, load_settings, render_toml
+
+from geoincident import __version__
+
+app = typer.Typer(
+    name="geoincident",
+    help="Streaming geo-incident detector: independent geolocated reports in, incidents out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="GEOINCIDENT_CONFIG",
+        help="TOML config file (every key has a default).",
+        exists=False,
+        dir_okay=False,
+    ),
+]
+
+
+def fail_config(error: ConfigError) -> None:
+    typer.echo(f"geoincident: {error}", err=True)
+    raise typer.Exit(2)
+
+
+def settings_from(config: Path | None, overrides: dict | None = None) -> Settings:
+    try:
+        return load_settings(config, overrides)
+    except ConfigError as error:
+        fail_config(error)
+        raise  # unreachable: fail_config exits
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"geoincident {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=version_callback, is_eager=True, help="Print version."),
+    ] = False,
+) -> None:
+    """geoincident: validated incidents from crowds of geolocated reports."""
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None) -> None:
+    """Print the effective configuration (defaults <- file <- GEOINCIDENT_* environment)."""
+    settings = settings_from(config)
+    typer.echo(render_toml(settings))
+
+
+@app.command()
+def replay(
+    input_path: Annotated[
+        str, typer.Argument(metavar="INPUT", help="Reports JSONL, or - for stdin.")
+    ],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", envvar="GEOINCIDENT_OUTPUT", help="Incidents JSONL (default stdout)."
+        ),
+    ] = None,
+    dlq: Annotated[
+        str | None,
+        typer.Option(
+            "--dlq",
+            envvar="GEOINCIDENT_DLQ",
+            help="Rejected reports JSONL (default <output>.dlq.jsonl, or <input>.dlq.jsonl).",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the detector over a JSONL file of reports, in event time; write incident events."""
+    from geoincident.detectors.engine import Detector
+    from geoincident.stream.replay import replay_files
+
+    settings = settings_from(config)
+    detector = Detector(settings.detector_params())
+    if dlq is None:
+        if output not in (None, "-"):
+            dlq = f"{output}.dlq.jsonl"
+        elif input_path != "-":
+            dlq = f"{input_path}.dlq.jsonl"
+        else:
+            dlq = "replay.dlq.jsonl"
+    with ExitStack() as stack:
+        try:
+            source: BinaryIO = (
+                sys.stdin.buffer
+                if input_path == "-"
+                else stack.enter_context(open(input_path, "rb"))  # noqa: SIM115
+            )
+            sink: BinaryIO = (
+                sys.stdout.buffer
+                if output in (None, "-")
+                else stack.enter_context(open(output, "wb"))  # noqa: SIM115
+            )
+            dlq_sink: BinaryIO = stack.enter_context(open(dlq, "wb"))  # noqa: SIM115
+        except OSError as error:
+            typer.echo(f"geoincident replay: {error}", err=True)
+            raise typer.Exit(2) from None
+        progress_cb, stop_progress = _progress(input_path)
+        try:
+            summary = replay_files(source, sink, dlq_sink, detector, input_path, progress_cb)
+        finally:
+            stop_progress()
+    _print_summary(summary.as_dict(), dlq)
+
+
+def _progress(input_path: str):
+    """A live line counter on a terminal; nothing when stderr is a file or a pipe."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
+    )
+    task = progress.add_task(f"replaying {input_path}")
+    progress.start()
+
+    def update(lines_done: int) -> None:
+        progress.update(task, description=f"replaying {input_path}: {lines_done:,} lines")
+
+    return update, progress.stop
+
+
+def _print_summary(summary: dict, dlq_path: str) -> None:
+    err = sys.stderr
+    rejected = summary["rejected_by_reason"]
+    incidents = summary["incidents"]
+    print(
+        f"read {summary['read']:,}  accepted {summary['accepted']:,}  "
+        f"rejected {summary['rejected']:,}  duplicate {summary['duplicate']:,}  "
+        f"unclassified {summary['unclassified']:,}",
+        file=err,
+    )
+    if rejected:
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in rejected.items())
+        print(f"rejected by reason: {reasons}  (DLQ: {dlq_path})", file=err)
+    print(
+        f"incidents opened {incidents['opened']:,}  updated {incidents['updated']:,}  "
+        f"resolved {incidents['resolved']:,}",
+        file=err,
+    )
+
+
+def _register_optional_commands() -> None:
+    """Commands that live in their own packages register themselves here."""
+    try:
+        from geoincident.sim.cli import register as register_sim
+    except ImportError:
+        return
+    register_sim(app)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
