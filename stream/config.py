@@ -8,6 +8,7 @@ An unknown key or a bad value fails at start with a message that names it.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +113,19 @@ class WorkerConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+_file_document: ContextVar[dict[str, Any]] = ContextVar("geoincident_config_file", default={})
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The parsed TOML file, below the environment and the flags."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _file_document.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_document.get())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -135,8 +149,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file arrives as init values; the environment overrides it.
-        return (env_settings, init_settings)
+        # Highest first: command-line flags (init values), the environment, the TOML file.
+        return (init_settings, env_settings, _FileSource(settings_cls))
 
     def detector_params(self) -> DetectorParams:
         detection = self.detection
@@ -216,26 +230,27 @@ def load_settings(
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    try:
-        settings = Settings(**document)
-        if overrides:
-            merged = settings.model_dump()
-            for dotted, value in overrides.items():
-                if value is None:
-                    continue
-                node = merged
-                *parents, leaf = dotted.split(".")
-                for part in parents:
-                    node = node[part]
-                node[leaf] = value
-            settings = Settings.model_validate(merged)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from None
     unknown_env = _unknown_environment()
     if unknown_env:
         raise ConfigError(
             "unknown GEOINCIDENT_* environment variable(s): " + ", ".join(sorted(unknown_env))
         )
+    flags: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        node = flags
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    token = _file_document.set(document)
+    try:
+        settings = Settings(**flags)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    finally:
+        _file_document.reset(token)
     settings.detector_params()  # geofences, taxonomy and category names fail here, at start
     return settings
 
