@@ -10,9 +10,11 @@ split a cluster.
 from __future__ import annotations
 
 import bisect
+import math
 from typing import TYPE_CHECKING
 
 import h3
+
 from geoincident.detectors.independence import Independence
 from geoincident.detectors.report import Report
 from geoincident.geo.distance import WeightedCentroid, haversine_m
@@ -34,6 +36,7 @@ class Cluster:
         "lat",
         "lon",
         "index_cell",
+        "box",
         "incident",
     )
 
@@ -43,12 +46,28 @@ class Cluster:
         self.founder_id = founder.id
         self.members: list[Report] = [founder]
         self.weights: dict[str, float] = {founder.id: weight}
-        self.independence = Independence()
-        self.independence.add(founder.reporter, founder.device, weight)
+        # Most clusters never get a second member: the union-find is built when one arrives.
+        self.independence: Independence | None = None
         self.lat = founder.lat
         self.lon = founder.lon
         self.index_cell = ""
+        self.box: tuple[str, int, int] | None = None
         self.incident: Incident | None = None
+
+    @property
+    def score(self) -> float:
+        if self.independence is None:
+            return self.weights[self.founder_id] if self.members else 0.0
+        return self.independence.score
+
+    def _independence(self) -> Independence:
+        independence = self.independence
+        if independence is None:
+            independence = self.independence = Independence()
+            weights = self.weights
+            for member in self.members:
+                independence.add(member.reporter, member.device, weights[member.id])
+        return independence
 
     @property
     def seniority(self) -> tuple[int, str]:
@@ -56,13 +75,14 @@ class Cluster:
         return (self.founder_ts_ms, self.founder_id)
 
     def add(self, report: Report, weight: float) -> None:
+        independence = self._independence()
         members = self.members
         if not members or members[-1].ts_ms <= report.ts_ms:
             members.append(report)
         else:  # a late report: keep members in event-time order
             bisect.insort(members, report, key=_member_key)
         self.weights[report.id] = weight
-        self.independence.add(report.reporter, report.device, weight)
+        independence.add(report.reporter, report.device, weight)
 
     def remove(self, report: Report) -> None:
         members = self.members
@@ -126,16 +146,55 @@ class AccuracyWeights:
         return weight
 
 
+# Above this latitude a degree of longitude is too short for the occupancy boxes to stay
+# exact; there every lookup takes the H3 path.
+_BOX_MAX_LAT = 70.0
+_METRES_PER_DEGREE_LAT = 111_000.0  # the shortest a degree of latitude gets (at the equator)
+
+
 class ClusterIndex:
-    """Clusters by (category, H3 cell of their centre); looks up a k = 1 disk around a point."""
+    """Clusters by (category, H3 cell of their centre); looks up a k = 1 disk around a point.
 
-    __slots__ = ("resolution", "_cells", "_disks", "size")
+    In front of the H3 lookup sits an occupancy count per (category, lat/lon box) with boxes
+    at least `max_radius_m` wide: when none of the 3x3 boxes around a report holds a cluster,
+    no cluster can be within the radius and the (costly) grid_disk is skipped. Sparse input (a
+    national deployment, the quiet hours of a city) then costs a few dict lookups per report.
+    """
 
-    def __init__(self, resolution: int) -> None:
+    __slots__ = ("resolution", "_cells", "_disks", "size", "_boxes", "_lat_step", "_lon_step")
+
+    def __init__(self, resolution: int, max_radius_m: float = 250.0) -> None:
         self.resolution = resolution
         self._cells: dict[tuple[str, str], list[Cluster]] = {}
         self._disks: dict[str, list[str]] = {}
+        self._boxes: dict[tuple[str, int, int], int] = {}
+        # 1 % slack over the flat-earth bound covers the sphere's deviation at these sizes.
+        self._lat_step = 1.01 * max_radius_m / _METRES_PER_DEGREE_LAT
+        self._lon_step = self._lat_step / math.cos(math.radians(_BOX_MAX_LAT))
         self.size = 0
+
+    def _box(self, category: str, lat: float, lon: float) -> tuple[str, int, int]:
+        return (category, math.floor(lat / self._lat_step), math.floor(lon / self._lon_step))
+
+    def _maybe_near(self, category: str, lat: float, lon: float) -> bool:
+        if lat > _BOX_MAX_LAT or lat < -_BOX_MAX_LAT or lon > 179.0 or lon < -179.0:
+            return True
+        boxes = self._boxes
+        if not boxes:
+            return False
+        row = math.floor(lat / self._lat_step)
+        col = math.floor(lon / self._lon_step)
+        return (
+            (category, row, col) in boxes
+            or (category, row, col - 1) in boxes
+            or (category, row, col + 1) in boxes
+            or (category, row - 1, col) in boxes
+            or (category, row - 1, col - 1) in boxes
+            or (category, row - 1, col + 1) in boxes
+            or (category, row + 1, col) in boxes
+            or (category, row + 1, col - 1) in boxes
+            or (category, row + 1, col + 1) in boxes
+        )
 
     def cell(self, lat: float, lon: float) -> str:
         return h3.latlng_to_cell(lat, lon, self.resolution)
@@ -149,20 +208,33 @@ class ClusterIndex:
             self._disks[cell] = disk
         return disk
 
-    def insert(self, cluster: Cluster) -> None:
-        cell = self.cell(cluster.lat, cluster.lon)
+    def insert(self, cluster: Cluster, cell: str | None = None) -> None:
+        if cell is None:
+            cell = self.cell(cluster.lat, cluster.lon)
         cluster.index_cell = cell
         self._cells.setdefault((cluster.category, cell), []).append(cluster)
+        box = self._box(cluster.category, cluster.lat, cluster.lon)
+        cluster.box = box
+        self._boxes[box] = self._boxes.get(box, 0) + 1
         self.size += 1
 
     def remove(self, cluster: Cluster) -> None:
         key = (cluster.category, cluster.index_cell)
         bucket = self._cells.get(key)
-        if bucket is None or cluster not in bucket:
+        if bucket is None:
             return
-        bucket.remove(cluster)
+        try:
+            bucket.remove(cluster)
+        except ValueError:
+            return
         if not bucket:
             del self._cells[key]
+        box = cluster.box
+        left = self._boxes[box] - 1
+        if left:
+            self._boxes[box] = left
+        else:
+            del self._boxes[box]
         cluster.index_cell = ""
         self.size -= 1
 
@@ -171,14 +243,19 @@ class ClusterIndex:
         if not cluster.index_cell:
             return
         cell = self.cell(cluster.lat, cluster.lon)
-        if cell != cluster.index_cell:
+        if (
+            cell != cluster.index_cell
+            or self._box(cluster.category, cluster.lat, cluster.lon) != cluster.box
+        ):
             self.remove(cluster)
-            self.insert(cluster)
+            self.insert(cluster, cell)
 
     def near(
         self, category: str, lat: float, lon: float, radius_m: float, cell: str | None = None
     ) -> list[tuple[float, Cluster]]:
         """Clusters of a category whose centre lies within radius_m of the point, with distances."""
+        if not self._maybe_near(category, lat, lon):
+            return []
         if cell is None:
             cell = self.cell(lat, lon)
         found: list[tuple[float, Cluster]] = []

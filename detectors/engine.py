@@ -71,6 +71,7 @@ class Detector:
         self._cluster_of: dict[str, Cluster] = {}
         self._seq = 0
         self._lateness_ms = params.allowed_lateness_ms
+        self._source_weights = dict(params.source_weights)
         self._category_params = {name: params.for_category(name) for name in params.taxonomy.names}
 
     # ------------------------------------------------------------------ public surface
@@ -230,11 +231,18 @@ class Detector:
             return
         self.clock_ms = now_ms
         expiry = self._expiry
+        if not expiry or expiry[0][0] >= now_ms:
+            return
         touched: dict[int, Cluster] = {}
         while expiry and expiry[0][0] < now_ms:
             _, _, report_id = heapq.heappop(expiry)
             cluster = self._seen.pop(report_id, None)
             if cluster is None:
+                continue
+            if len(cluster.members) == 1 and cluster.incident is None:
+                # the common case: a lone report that found no company in its window
+                cluster.members.clear()
+                self.index.remove(cluster)
                 continue
             for member in cluster.members:
                 if member.id == report_id:
@@ -276,30 +284,33 @@ class Detector:
     # ------------------------------------------------------------------ clustering
 
     def _weight(self, report: Report) -> float:
-        if report.reporter in self.blocked_reporters or (
-            report.device is not None and report.device in self.blocked_devices
+        if (self.blocked_reporters or self.blocked_devices) and (
+            report.reporter in self.blocked_reporters
+            or (report.device is not None and report.device in self.blocked_devices)
         ):
             return 0.0
-        return self.params.source_weight(report.source)
+        if report.source is None:
+            return 1.0
+        return self._source_weights.get(report.source, 1.0)
 
     def _process(self, report: Report, late: bool) -> list[IncidentEvent]:
         category_params = self._params_of(report.category)
         weight = self._weight(report)
-        cell = self.index.cell(report.lat, report.lon)
-        near = self.index.near(
-            report.category, report.lat, report.lon, category_params.radius_m, cell
-        )
+        near = self.index.near(report.category, report.lat, report.lon, category_params.radius_m)
+        self._seq += 1
         heapq.heappush(
-            self._expiry,
-            (report.ts_ms + category_params.window_ms, self._next_seq(), report.id),
+            self._expiry, (report.ts_ms + category_params.window_ms, self._seq, report.id)
         )
-        events: list[IncidentEvent] = []
         if not near:
             cluster = Cluster(report, weight)
             self.index.insert(cluster)
             self._seen[report.id] = cluster
-            self._check_threshold(cluster, report, late, events)
-            return events
+            if weight >= category_params.threshold:  # e.g. one staff report weighing 5
+                events: list[IncidentEvent] = []
+                self._check_threshold(cluster, report, late, events)
+                return events
+            return _NO_EVENTS
+        events = []
         cluster = min(near, key=_preference)[1]
         cluster.add(report, weight)
         self._seen[report.id] = cluster
@@ -337,7 +348,7 @@ class Detector:
     ) -> None:
         category_params = self._params_of(cluster.category)
         threshold = category_params.threshold
-        if cluster.independence.score < threshold:
+        if cluster.score < threshold:
             return
         validated_ms = report.ts_ms
         if late:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 import orjson
+
 from geoincident.detectors.taxonomy import UNCLASSIFIED, Taxonomy
 from geoincident.detectors.timefmt import (
     MAX_EPOCH_MS,

@@ -62,6 +62,7 @@ class Taxonomy:
     _keywords: re.Pattern[str] | None = field(init=False, repr=False)
     _keyword_owner: dict[str, str] = field(init=False, repr=False)
     _tag_cache: dict[str, str | None] = field(init=False, repr=False)
+    _keyword_checks: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_name = {}
@@ -83,6 +84,16 @@ class Taxonomy:
                     self._keyword_owner[key] = category.name
                     keywords.append(key)
         self._tag_cache = {}
+        self._keyword_checks = tuple(
+            (
+                category.name,
+                tuple(
+                    (k.lower(), re.compile(rf"(?<!\w){re.escape(k.lower())}(?!\w)"))
+                    for k in category.keywords
+                ),
+            )
+            for category in self.categories
+        )
         if keywords:
             # One alternation, longest first, so "water main" beats a shorter overlapping keyword.
             alternatives = sorted(keywords, key=lambda k: (-len(k), k))
@@ -110,15 +121,13 @@ class Taxonomy:
         return found
 
     def category_of_text(self, text: str) -> str | None:
-        """The category whose keyword occurs first in the taxonomy's order (word match)."""
-        if self._keywords is None:
-            return None
-        owners = {self._keyword_owner[m.group(0).lower()] for m in self._keywords.finditer(text)}
-        if not owners:
-            return None
-        for category in self.categories:
-            if category.name in owners:
-                return category.name
+        """The first category, in the taxonomy's order, with a keyword in `text` (word match)."""
+        lowered = text.lower()
+        for name, keywords in self._keyword_checks:
+            for keyword, pattern in keywords:
+                # A substring test is C-speed; the word-boundary regex runs only on a hit.
+                if keyword in lowered and pattern.search(lowered) is not None:
+                    return name
         return None
 
     def resolve(self, category: str | None, tags: Iterable[str] | None, text: str | None) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated, BinaryIO
 
 import typer
-from geoincident.stream.config import ConfigError, Settings, load_settings, render_toml
 
 from geoincident import __version__
+from geoincident.stream.config import ConfigError, Settings, load_settings, render_toml
 
 app = typer.Typer(
     name="geoincident",

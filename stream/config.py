@@ -8,16 +8,17 @@ An unknown key or a bad value fails at start with a message that names it.
 from __future__ import annotations
 
 import os
-from contextvars import ContextVar
 import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.taxonomy import DEFAULT_TAXONOMY, Category, Taxonomy
 from geoincident.geo.fences import GeofenceError, Geofences
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "GEOINCIDENT_"
 

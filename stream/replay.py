@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import orjson
+
 from geoincident.detectors.engine import (
     ACCEPTED,
     DUPLICATE,

@@ -23,8 +23,14 @@ def replay_lines(lines, params=None) -> tuple[ReplaySummary, list, list]:
 
 def report_line(r) -> bytes:
     return orjson.dumps(
-        {"id": r.id, "ts": r.ts_ms, "lat": r.lat, "lon": r.lon, "reporter": r.reporter,
-         "category": r.category}
+        {
+            "id": r.id,
+            "ts": r.ts_ms,
+            "lat": r.lat,
+            "lon": r.lon,
+            "reporter": r.reporter,
+            "category": r.category,
+        }
     )
 
 
@@ -33,8 +39,16 @@ def test_summary_counts_every_outcome():
     lines = [
         *good,
         good[0],  # duplicate
-        orjson.dumps({"id": "u", "ts": T0_MS, "lat": 47.6, "lon": -122.3, "reporter": "z",
-                      "text": "lovely day"}),  # unclassified
+        orjson.dumps(
+            {
+                "id": "u",
+                "ts": T0_MS,
+                "lat": 47.6,
+                "lon": -122.3,
+                "reporter": "z",
+                "text": "lovely day",
+            }
+        ),  # unclassified
         b"{broken",
         b'{"id": "x", "ts": 1, "lat": 47.6, "lon": -122.3, "reporter": "z"}',
     ]
@@ -52,8 +66,9 @@ def test_summary_counts_every_outcome():
 
 
 def _write_stream(path):
-    reports = ring(6, 60, prefix="a") + ring(5, 40, centre=(47.62, -122.35), start_minute=30,
-                                             prefix="b")
+    reports = ring(6, 60, prefix="a") + ring(
+        5, 40, centre=(47.62, -122.35), start_minute=30, prefix="b"
+    )
     path.write_bytes(b"\n".join(report_line(r) for r in reports) + b"\n{bad\n")
 
 
@@ -68,7 +83,10 @@ def test_the_cli_writes_incidents_dlq_and_a_summary(tmp_path):
     )
     events = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [e["event"] for e in events].count("opened") == 2
-    dlq = [orjson.loads(line) for line in (tmp_path / "incidents.jsonl.dlq.jsonl").read_bytes().splitlines()]
+    dlq = [
+        orjson.loads(line)
+        for line in (tmp_path / "incidents.jsonl.dlq.jsonl").read_bytes().splitlines()
+    ]
     assert [d["reason"] for d in dlq] == ["invalid_json"]
     assert dlq[0]["raw"] == "{bad" and dlq[0]["offset"] == 11
     stderr = result.stderr.decode()
@@ -94,8 +112,15 @@ def test_stdin_to_stdout(tmp_path):
     source = tmp_path / "reports.jsonl"
     _write_stream(source)
     result = subprocess.run(
-        [sys.executable, "-m", "geoincident.stream.cli", "replay", "-", "--dlq",
-         str(tmp_path / "dlq.jsonl")],
+        [
+            sys.executable,
+            "-m",
+            "geoincident.stream.cli",
+            "replay",
+            "-",
+            "--dlq",
+            str(tmp_path / "dlq.jsonl"),
+        ],
         input=source.read_bytes(),
         capture_output=True,
         check=True,

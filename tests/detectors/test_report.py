@@ -1,6 +1,5 @@
 import json
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -138,13 +137,22 @@ def test_dlq_record_keeps_the_raw_value_utf8_or_base64():
     )
     assert record["raw"] == "{" and record["raw_encoding"] == "utf-8"
     assert set(record) == {
-        "reason", "detail", "raw", "raw_encoding", "topic", "partition", "offset", "received_at"
+        "reason",
+        "detail",
+        "raw",
+        "raw_encoding",
+        "topic",
+        "partition",
+        "offset",
+        "received_at",
     }
 
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=6)
+    ),
     max_leaves=20,
 )
 _report_like = st.fixed_dictionaries(

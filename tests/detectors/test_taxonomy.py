@@ -10,7 +10,8 @@ def taxonomy():
 
 
 @pytest.mark.parametrize(
-    "tag", ["#StreetLightOut", "street_light-out", "streetlightout", "STREETLIGHT OUT", "＃lightout"]
+    "tag",
+    ["#StreetLightOut", "street_light-out", "streetlightout", "STREETLIGHT OUT", "＃lightout"],
 )
 def test_tag_spellings_resolve_to_one_category(taxonomy, tag):
     assert taxonomy.resolve(None, [tag], None) == "streetlight_out"

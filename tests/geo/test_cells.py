@@ -5,8 +5,8 @@ from hypothesis import strategies as st
 from shapely.geometry import Point, shape
 
 from geoincident.geo import (
-    Geofences,
     GeofenceError,
+    Geofences,
     cell_of,
     covering_polygon,
     destination,
