@@ -54,6 +54,21 @@ class Cluster:
         self.box: tuple[str, int, int] | None = None
         self.incident: Incident | None = None
 
+    @classmethod
+    def for_incident(cls, incident: Incident) -> Cluster:
+        """An empty window around a restored incident: new reports nearby join it."""
+        cluster = cls.__new__(cls)
+        cluster.category = incident.category
+        cluster.founder_ts_ms, cluster.founder_id = incident.seniority
+        cluster.members = []
+        cluster.weights = {}
+        cluster.independence = None
+        cluster.lat, cluster.lon = incident.centre()
+        cluster.index_cell = ""
+        cluster.box = None
+        cluster.incident = incident
+        return cluster
+
     @property
     def score(self) -> float:
         if self.independence is None:

@@ -45,7 +45,7 @@ _NO_EVENTS: list[IncidentEvent] = []
 class Detector:
     """`observe(report) -> events`, `advance(watermark_ms) -> events`; state in plain attributes."""
 
-    def __init__(self, params: DetectorParams | None = None) -> None:
+    def __init__(self, params: DetectorParams | None = None, self_advancing: bool = True) -> None:
         self.params = params = params or DetectorParams()
         self.index = ClusterIndex(
             index_resolution_for_radius(params.max_radius_m, params.resolution)
@@ -72,6 +72,10 @@ class Detector:
         self._seq = 0
         self._lateness_ms = params.allowed_lateness_ms
         self._source_weights = dict(params.source_weights)
+        # Replay moves the watermark with the data; the worker moves it itself, from the
+        # slowest of its partitions (and idle time), so it sets self_advancing=False.
+        self.self_advancing = self_advancing
+        self._rebuilding = False
         self._category_params = {name: params.for_category(name) for name in params.taxonomy.names}
 
     # ------------------------------------------------------------------ public surface
@@ -106,7 +110,8 @@ class Detector:
         heapq.heappush(self._pending, (ts_ms, report.id, report))
         if self.max_ts_ms is None or ts_ms > self.max_ts_ms:
             self.max_ts_ms = ts_ms
-            return self._run(ts_ms - self._lateness_ms)
+            if self.self_advancing:
+                return self._run(ts_ms - self._lateness_ms)
         return _NO_EVENTS
 
     def observe_many(self, reports: Iterable[Report]) -> list[IncidentEvent]:
@@ -135,6 +140,70 @@ class Detector:
         self._timers = [timer for timer in self._timers if timer[2] != _UPDATE]
         heapq.heapify(self._timers)
         return events
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def snapshot(self) -> dict:
+        """The durable part of the state: incidents, timers, clocks, counters, blocks.
+
+        Reports in windows are not in it: after a restart they are rebuilt by reading the input
+        again (`rebuild`), the way Kafka Streams uses a source topic as its own changelog; that
+        keeps a checkpoint small however busy the stream is.
+        """
+        return {
+            "incidents": self.incidents,
+            "timers": list(self._timers),
+            "max_ts_ms": self.max_ts_ms,
+            "watermark_ms": self.watermark_ms,
+            "clock_ms": self.clock_ms,
+            "counts": dict(self.counts),
+            "blocked_reporters": sorted(self.blocked_reporters),
+            "blocked_devices": sorted(self.blocked_devices),
+            "seq": self._seq,
+        }
+
+    def restore(self, snapshot: dict) -> None:
+        """Start from a snapshot (a fresh detector only); then `rebuild` the windows."""
+        self.incidents = snapshot["incidents"]
+        self._timers = list(snapshot["timers"])
+        heapq.heapify(self._timers)
+        self.max_ts_ms = snapshot["max_ts_ms"]
+        self.watermark_ms = snapshot["watermark_ms"]
+        self.clock_ms = snapshot["clock_ms"]
+        self.counts.update(snapshot["counts"])
+        self.blocked_reporters = set(snapshot["blocked_reporters"])
+        self.blocked_devices = set(snapshot["blocked_devices"])
+        self._seq = snapshot["seq"]
+        for incident in self.incidents.values():
+            cluster = Cluster.for_incident(incident)
+            self._cluster_of[incident.incident_id] = cluster
+            if incident.is_open:
+                self.index.insert(cluster)
+
+    def rebuild(self, reports: Iterable[Report]) -> None:
+        """Refill the windows with reports read again after a restart; nothing is emitted or
+        counted twice. Feed the reports that were in state at the checkpoint."""
+        watermark = self.watermark_ms
+        clock = self.clock_ms
+        replayed = []
+        for report in reports:
+            if report.category == UNCLASSIFIED or report.id in self._seen:
+                continue
+            window_ms = self._params_of(report.category).window_ms
+            if clock is not None and report.ts_ms + window_ms < clock:
+                continue  # it had already left every window
+            self._seen[report.id] = None
+            if watermark is not None and report.ts_ms <= watermark:
+                replayed.append(report)
+            else:
+                heapq.heappush(self._pending, (report.ts_ms, report.id, report))
+        replayed.sort(key=lambda r: (r.ts_ms, r.id))
+        self._rebuilding = True
+        try:
+            for report in replayed:
+                self._process(report, late=False)
+        finally:
+            self._rebuilding = False
 
     def block(self, reporter: str | None = None, device: str | None = None) -> None:
         """From now on, reports of this reporter/device count for nothing anywhere."""
@@ -316,7 +385,8 @@ class Detector:
         self._seen[report.id] = cluster
         incident = cluster.incident
         if incident is not None:
-            self._join_incident(incident, report, weight, events)
+            if not self._rebuilding:  # a rebuilt member was counted before the checkpoint
+                self._join_incident(incident, report, weight, events)
             cluster.lat, cluster.lon = incident.centre()
         else:
             cluster.recentre(self.accuracy)
@@ -348,7 +418,7 @@ class Detector:
     ) -> None:
         category_params = self._params_of(cluster.category)
         threshold = category_params.threshold
-        if cluster.score < threshold:
+        if cluster.score < threshold or self._rebuilding:
             return
         validated_ms = report.ts_ms
         if late:
@@ -388,6 +458,7 @@ class Detector:
         cluster.incident = incident
         cluster.lat, cluster.lon = lat, lon
         self.incidents[incident.incident_id] = incident
+        incident.seniority = cluster.seniority
         self._cluster_of[incident.incident_id] = cluster
         emitted_ms = max(validated_ms, self.clock_ms or validated_ms)
         incident.last_emit_ts_ms = emitted_ms
@@ -398,6 +469,8 @@ class Detector:
         self, cluster: Cluster, report: Report, events: list[IncidentEvent]
     ) -> None:
         """Clusters whose centres came within the radius of each other become one."""
+        if self._rebuilding:
+            return
         radius_m = self._params_of(cluster.category).radius_m
         for _ in range(64):  # a cascade ends quickly; the bound only guards against a cycle
             others = [

@@ -20,6 +20,12 @@ class Independence:
         self.score = 0.0
         self.groups = 0
 
+    def __getstate__(self) -> tuple:
+        return (self._parent, self._weight, self.score, self.groups)
+
+    def __setstate__(self, state: tuple) -> None:
+        self._parent, self._weight, self.score, self.groups = state
+
     def _find(self, key: str) -> str:
         parent = self._parent
         root = key

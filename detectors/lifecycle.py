@@ -29,7 +29,7 @@ STATUS_RESOLVED = "resolved"
 
 # Members remembered per incident for re-scoring after `flag_report`; beyond this an incident
 # is re-scored from aggregates only and refuses to un-count single reports.
-MAX_MEMBER_RECORDS = 1000
+MAX_MEMBER_RECORDS = 200
 
 
 def incident_id_for(category: str, founder_ts_ms: int, founder_id: str) -> str:
@@ -87,6 +87,7 @@ class Incident:
         "superseded_by",
         "history",
         "max_report_ids",
+        "seniority",
     )
 
     def __init__(
@@ -129,6 +130,14 @@ class Incident:
         self.superseded_by: str | None = None
         self.history: list[dict] = []
         self.max_report_ids = max_report_ids
+        self.seniority: tuple[int, str] = (validated_ts_ms, incident_id)
+
+    def __getstate__(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     @property
     def is_open(self) -> bool:

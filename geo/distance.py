@@ -59,6 +59,12 @@ class WeightedCentroid:
         self.z = 0.0
         self.weight = 0.0
 
+    def __getstate__(self) -> tuple[float, float, float, float]:
+        return (self.x, self.y, self.z, self.weight)
+
+    def __setstate__(self, state: tuple[float, float, float, float]) -> None:
+        self.x, self.y, self.z, self.weight = state
+
     def add(self, lat: float, lon: float, weight: float) -> None:
         phi = lat * _DEG
         lmb = lon * _DEG
