@@ -129,6 +129,45 @@ def replay(
     _print_summary(summary.as_dict(), dlq)
 
 
+BrokersOption = Annotated[
+    str | None,
+    typer.Option(
+        "--brokers", envvar="GEOINCIDENT_BROKERS", help="Kafka bootstrap HOST:PORT[,HOST:PORT...]."
+    ),
+]
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    brokers: BrokersOption = None,
+    web_port: Annotated[
+        int | None,
+        typer.Option("--web-port", envvar="GEOINCIDENT_WEB_PORT", help="Port of /metrics, /health."),
+    ] = None,
+) -> None:
+    """Run the Faust worker: reports in, incidents, DLQ and actions on Kafka."""
+    settings = settings_from(config, {"kafka.brokers": brokers, "worker.web_port": web_port})
+    from geoincident.stream.app import Worker
+
+    configure_logging(settings.worker.log_level)
+    try:
+        Worker(settings).run(loglevel=settings.worker.log_level)
+    except TimeoutError as error:
+        typer.echo(f"geoincident worker: broker {settings.kafka.brokers}: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+def configure_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
 def _progress(input_path: str):
     """A live line counter on a terminal; nothing when stderr is a file or a pipe."""
     if not sys.stderr.isatty():

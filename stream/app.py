@@ -1,0 +1,384 @@
+"""The Faust application: topics, the agents, the state table, web views. Thin by design:
+bytes go to stream/runtime.py (and from there to the detector core), messages come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+import zlib
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from geoincident import __version__
+from geoincident.stream.config import Settings
+from geoincident.stream.metrics import WorkerMetrics
+from geoincident.stream.runtime import Outputs, WorkerCore
+
+log = logging.getLogger("geoincident.worker")
+
+CHECKPOINT_KEY = b"checkpoint"
+CHECKPOINT_INTERVAL_S = 1.0
+
+
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka options for SASL/TLS, from `[kafka]`."""
+    kafka = settings.kafka
+    options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
+    if kafka.sasl_mechanism:
+        options.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password,
+        )
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
+    return options
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def logfmt(event: str, **fields: Any) -> str:
+    """One structured line: `event=incident_opened incident_id=inc-... category=pothole`."""
+    parts = [f"event={event}"]
+    for key, value in fields.items():
+        text = str(value)
+        if " " in text or "=" in text or not text:
+            text = '"' + text.replace('"', '\\"') + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+class Worker:
+    """Builds the Faust app around one WorkerCore."""
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics | None = None) -> None:
+        self.settings = settings
+        params = settings.detector_params()
+        topics = settings.topics
+        self.core = WorkerCore(
+            params,
+            topics.reports,
+            future_tolerance_s=settings.detection.future_tolerance_s,
+            idle_advance=settings.worker.idle_advance,
+            actions_topic=topics.actions,
+        )
+        self.metrics = metrics or WorkerMetrics(categories=params.taxonomy.names)
+        self.ready = False
+        self._restored = False
+        self._restore_lock = asyncio.Lock()
+        self._last_checkpoint = 0.0
+        self._started_partitions: set[int] = set()
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------------ wiring
+
+    def _build_app(self) -> faust.App:
+        settings = self.settings
+        kafka = settings.kafka
+        worker = settings.worker
+        store = "memory://" if worker.store == "memory" else "rocksdb://"
+        app = faust.App(
+            kafka.group_id,
+            broker=[f"kafka://{b.strip()}" for b in kafka.brokers.split(",")],
+            broker_client_id=kafka.client_id,
+            broker_credentials=self._credentials(),
+            store=store,
+            datadir=worker.data_dir,
+            processing_guarantee="at_least_once",
+            topic_partitions=settings.topics.partitions,
+            topic_replication_factor=settings.topics.replication_factor,
+            consumer_auto_offset_reset="earliest",
+            web_enabled=True,
+            web_host=worker.web_host,
+            web_port=worker.web_port,
+            web_in_thread=False,
+            producer_max_request_size=8 * 1024 * 1024,
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=1.0,
+            broker_commit_interval=1.0,
+            stream_wait_empty=False,
+            key_serializer="raw",
+            value_serializer="raw",
+            version=1,
+        )
+        topics = settings.topics
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.reports_topic = app.topic(topics.reports, **raw)
+        self.actions_topic = app.topic(topics.actions, **raw)
+        self.incidents_topic = app.topic(topics.incidents, **raw)
+        self.dlq_topic = app.topic(topics.reports_dlq, **raw)
+        self.actions_dlq_topic = app.topic(topics.actions_dlq, **raw)
+        # The durable state: one compressed checkpoint, keyed so it always lands in the same
+        # changelog partition (use_partitioner), which also lets timers write it.
+        self.state = app.Table(
+            "state",
+            default=None,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=1,
+            use_partitioner=True,
+        )
+
+        @app.agent(self.reports_topic, concurrency=1)
+        async def reports(stream: Any) -> None:
+            async for event in stream.events():
+                message = event.message
+                await self.on_reports(
+                    message.partition, [(message.offset, message.value, _ms(message.timestamp))]
+                )
+
+        @app.agent(self.actions_topic, concurrency=1)
+        async def actions(stream: Any) -> None:
+            async for event in stream.events():
+                message = event.message
+                await self.ensure_restored()
+                out = self.core.on_action(message.value, message.partition, message.offset, now_ms())
+                await self.produce(out)
+                await self.maybe_checkpoint(force=True)
+
+        @app.timer(interval=1.0)
+        async def tick() -> None:
+            if not self._restored:
+                return
+            current = now_ms()
+            await self.produce(self.core.tick(current))
+            self._publish_state(current)
+
+        @app.page("/health")
+        async def health(web: Any, request: Any) -> Any:
+            return web.json({"status": "ok", "version": __version__})
+
+        @app.page("/ready")
+        async def ready(web: Any, request: Any) -> Any:
+            status = 200 if self.ready else 503
+            return web.json({"ready": self.ready}, status=status)
+
+        @app.page("/metrics")
+        async def metrics(web: Any, request: Any) -> Any:
+            body, content_type = self.metrics.render()
+            return web.bytes(body, content_type=content_type.split(";")[0])
+
+        app.on_partitions_assigned.connect(self._on_assigned)
+        return app
+
+    def topic_partitions(self) -> dict[str, int]:
+        topics = self.settings.topics
+        n = topics.partitions
+        return {
+            topics.reports: n,
+            topics.incidents: n,
+            topics.reports_dlq: n,
+            topics.actions: n,
+            topics.actions_dlq: n,
+        }
+
+    def run(self, loglevel: str = "info") -> None:
+        """Create missing topics, then run until SIGINT/SIGTERM (Faust's worker handles them:
+        agents stop, offsets are committed, the producer is flushed)."""
+        from geoincident.stream.broker import ensure_topics
+
+        asyncio.run(
+            ensure_topics(
+                self.settings.kafka.brokers,
+                self.topic_partitions(),
+                replication_factor=self.settings.topics.replication_factor,
+                timeout_s=60.0,
+                **kafka_client_options(self.settings),
+            )
+        )
+        worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        worker.execute_from_commandline()
+
+    def _credentials(self) -> Any:
+        kafka = self.settings.kafka
+        if kafka.sasl_mechanism:
+            return faust.SASLCredentials(
+                username=kafka.sasl_username,
+                password=kafka.sasl_password,
+                mechanism=kafka.sasl_mechanism,
+            )
+        if kafka.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            return faust.SSLCredentials(create_ssl_context(cafile=kafka.ssl_cafile))
+        return None
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.topics.reports)
+        log.info(logfmt("partitions_assigned", partitions=",".join(map(str, mine)) or "none"))
+
+    # ------------------------------------------------------------------ processing
+
+    async def on_reports(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
+        await self.ensure_restored()
+        current = now_ms()
+        first_offset = records[0][0]
+        if partition not in self._started_partitions:
+            self._started_partitions.add(partition)
+            await self._catch_up(partition, first_offset, current)
+        clock = self.core.partitions.get(partition)
+        if clock is not None and records[0][0] < clock.next_offset:
+            # Already inside the restored checkpoint: processed and produced before the stop.
+            records = [r for r in records if r[0] >= clock.next_offset]
+            if not records:
+                return
+        out = self.core.on_reports(partition, records, current)
+        await self.produce(out)
+        await self.maybe_checkpoint()
+
+    async def produce(self, out: Outputs) -> None:
+        """Send what a step produced; wait for the broker's acks before anything commits."""
+        futures = []
+        for event in out.incidents:
+            futures.append(
+                await self.incidents_topic.send(key=event.incident_id.encode(), value=event.to_json())
+            )
+            log.info(
+                logfmt(
+                    f"incident_{event.event}",
+                    incident_id=event.incident_id,
+                    version=event.version,
+                    kind=event.kind,
+                    category=event.category,
+                    lat=event.lat,
+                    lon=event.lon,
+                    reporters=event.independent_reporters,
+                )
+            )
+        for record in out.dlq:
+            futures.append(await self.dlq_topic.send(value=record))
+        for record in out.action_dlq:
+            futures.append(await self.actions_dlq_topic.send(value=record))
+        if futures:
+            await asyncio.gather(*futures)
+        self._count(out)
+
+    def _count(self, out: Outputs) -> None:
+        metrics = self.metrics
+        reports = {k: v for k, v in out.outcomes.items() if not k.startswith("action:")}
+        if reports:
+            metrics.count_outcomes(reports)
+        if out.rejections:
+            metrics.count_rejections(out.rejections)
+        for key, n in out.outcomes.items():
+            if key.startswith("action:"):
+                _, action, outcome = key.split(":")
+                metrics.count_action(action, outcome, n)
+        for event in out.incidents:
+            metrics.count_incident(event.event, event.kind, event.category)
+        if out.dlq:
+            metrics.count_dlq(self.settings.topics.reports_dlq, len(out.dlq))
+        if out.action_dlq:
+            metrics.count_dlq(self.settings.topics.actions_dlq, len(out.action_dlq))
+        if out.latencies_s:
+            metrics.observe_latencies(out.latencies_s)
+
+    def _publish_state(self, current: int) -> None:
+        detector = self.core.detector
+        open_by_category: dict[str, int] = {}
+        for incident in detector.open_incidents():
+            open_by_category[incident.category] = open_by_category.get(incident.category, 0) + 1
+        self.metrics.set_state(
+            active_cells=detector.active_cells,
+            state_reports=detector.state_reports,
+            open_incidents=open_by_category,
+            event_time_lag_s=self.core.event_time_lag_s(current),
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+
+    async def maybe_checkpoint(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_checkpoint < CHECKPOINT_INTERVAL_S:
+            return
+        self._last_checkpoint = time.monotonic()
+        blob = zlib.compress(pickle.dumps(self.core.checkpoint(), protocol=5), 1)
+        self.state[CHECKPOINT_KEY] = blob
+
+    async def ensure_restored(self) -> None:
+        if self._restored:
+            return
+        async with self._restore_lock:
+            if self._restored:
+                return
+            blob = self.state.get(CHECKPOINT_KEY)
+            if blob:
+                checkpoint = pickle.loads(zlib.decompress(blob))
+                self.core.restore(checkpoint, now_ms())
+                read = 0
+                for partition, saved in checkpoint["partitions"].items():
+                    values = await self.read_range(
+                        int(partition), saved["rebuild_offset"], saved["next_offset"]
+                    )
+                    read += self.core.rebuild(v for _, v, _ in values)
+                log.info(
+                    logfmt(
+                        "checkpoint_restored",
+                        seq=checkpoint["seq"],
+                        incidents=len(self.core.detector.incidents),
+                        rebuilt_reports=read,
+                    )
+                )
+            else:
+                log.info(logfmt("fresh_start"))
+            self._restored = True
+            self.ready = True
+
+    async def _catch_up(self, partition: int, first_offset: int, current: int) -> None:
+        """Records between the checkpoint and where the group resumes were processed and
+        produced before the stop: take them into state and counts without producing again."""
+        clock = self.core.partitions.get(partition)
+        if clock is None or first_offset <= clock.next_offset:
+            return
+        records = await self.read_range(partition, clock.next_offset, first_offset)
+        out = self.core.on_reports(partition, records, current, silent=True)
+        self._count(out)
+        log.info(logfmt("caught_up", partition=partition, records=len(records)))
+
+    async def read_range(self, partition: int, start: int, end: int) -> list[tuple[int, bytes, int]]:
+        """Records [start, end) of one reports partition, read with a plain consumer (no group).
+        Counted, not bounded by end offsets: some brokers report those loosely."""
+        if end <= start:
+            return []
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka.brokers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **kafka_client_options(self.settings),
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.settings.topics.reports, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            records: list[tuple[int, bytes, int]] = []
+            idle_polls = 0
+            while idle_polls < 50:
+                batch = await consumer.getmany(tp, timeout_ms=200, max_records=10_000)
+                messages = batch.get(tp, [])
+                if not messages:
+                    idle_polls += 1
+                    continue
+                idle_polls = 0
+                for message in messages:
+                    if message.offset >= end:
+                        return records
+                    records.append((message.offset, message.value, message.timestamp))
+                if messages[-1].offset >= end - 1:
+                    return records
+            log.warning(logfmt("read_range_short", partition=partition, start=start, end=end, got=len(records)))
+            return records
+        finally:
+            await consumer.stop()
+
+
+def _ms(timestamp: float | None) -> int:
+    return int(timestamp * 1000) if timestamp else now_ms()

@@ -1,0 +1,307 @@
+"""The worker's shell around the detector: Kafka records in, messages to produce out.
+
+No Kafka client lives here (stream/app.py moves the bytes); this class keeps what a
+long-running consumer needs beyond the pure core: per-partition watermarks with idle
+advance, the wall clock for `future_timestamp` and `emitted_at`, checkpoints and their
+restore, and the tallies the metrics report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+
+from geoincident.detectors.actions import ActionError, parse_action
+from geoincident.detectors.engine import ACCEPTED, DUPLICATE, TOO_LATE, UNCLASSIFIED_OUTCOME
+from geoincident.detectors.engine import Detector
+from geoincident.detectors.events import IncidentEvent
+from geoincident.detectors.params import DetectorParams
+from geoincident.detectors.report import Rejection, dlq_record, future_problem, parse_report
+from geoincident.detectors.timefmt import format_ms
+
+log = logging.getLogger("geoincident.worker")
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What one step asks the shell to produce, in order."""
+
+    incidents: list[IncidentEvent] = field(default_factory=list)
+    dlq: list[bytes] = field(default_factory=list)
+    action_dlq: list[bytes] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    rejections: Counter[str] = field(default_factory=Counter)
+    latencies_s: list[float] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        self.incidents.extend(other.incidents)
+        self.dlq.extend(other.dlq)
+        self.action_dlq.extend(other.action_dlq)
+        self.outcomes.update(other.outcomes)
+        self.rejections.update(other.rejections)
+        self.latencies_s.extend(other.latencies_s)
+
+
+@dataclass(slots=True)
+class PartitionClock:
+    """Event time as one partition has seen it."""
+
+    max_ts_ms: int | None = None
+    last_arrival_wall_ms: int = 0
+    next_offset: int = 0
+    # (offset, max event time up to that offset): the earliest offset still needed to rebuild
+    # the windows after a restart is the first whose running max reaches the window's start.
+    marks: deque[tuple[int, int]] = field(default_factory=deque)
+
+    def rebuild_offset(self, oldest_needed_ms: int | None) -> int:
+        marks = self.marks
+        if oldest_needed_ms is not None:
+            while len(marks) > 1 and marks[1][1] < oldest_needed_ms:
+                marks.popleft()
+        return marks[0][0] if marks else self.next_offset
+
+
+class WorkerCore:
+    def __init__(
+        self,
+        params: DetectorParams,
+        topic: str,
+        *,
+        future_tolerance_s: float = 300.0,
+        idle_advance: bool = True,
+        actions_topic: str = "incident-actions",
+    ) -> None:
+        self.params = params
+        self.topic = topic
+        self.actions_topic = actions_topic
+        self.detector = Detector(params, self_advancing=False)
+        self.partitions: dict[int, PartitionClock] = {}
+        self.future_tolerance_ms = int(future_tolerance_s * 1000)
+        self.idle_advance = idle_advance
+        self._arrivals: dict[str, int] = {}
+        self.checkpoint_seq = 0
+        self._lateness_ms = params.allowed_lateness_ms
+        self._window_ms = params.max_window_ms
+
+    # ------------------------------------------------------------------ reports
+
+    def on_reports(
+        self,
+        partition: int,
+        records: Iterable[tuple[int, bytes, int]],
+        now_ms: int,
+        silent: bool = False,
+    ) -> Outputs:
+        """A batch of (offset, value, timestamp_ms) from one partition, in offset order.
+
+        `silent`: records processed before a restart whose outputs were already produced;
+        state and counts take them in, nothing is produced again.
+        """
+        out = Outputs()
+        clock = self.partitions.setdefault(partition, PartitionClock())
+        detector = self.detector
+        taxonomy = self.params.taxonomy
+        tolerance_ms = self.future_tolerance_ms
+        arrivals = self._arrivals
+        last_offset = None
+        for offset, value, timestamp_ms in records:
+            last_offset = offset
+            parsed = parse_report(value, taxonomy)
+            if type(parsed) is Rejection:
+                self._reject(out, value, parsed, partition, offset, now_ms)
+                continue
+            report = parsed
+            problem = future_problem(report, now_ms, tolerance_ms)  # type: ignore[arg-type]
+            if problem is not None:
+                self._reject(out, value, problem, partition, offset, now_ms)
+                continue
+            events = detector.observe(report)  # type: ignore[arg-type]
+            outcome = detector.last_outcome
+            if outcome is TOO_LATE:
+                self._reject(
+                    out,
+                    value,
+                    Rejection(TOO_LATE, "older than the watermark minus the window"),
+                    partition,
+                    offset,
+                    now_ms,
+                )
+                continue
+            out.outcomes[outcome] += 1
+            if outcome is ACCEPTED:
+                arrivals[report.id] = timestamp_ms  # type: ignore[union-attr]
+                ts_ms = report.ts_ms  # type: ignore[union-attr]
+                if clock.max_ts_ms is None or ts_ms > clock.max_ts_ms:
+                    clock.max_ts_ms = ts_ms
+            if events:
+                self._emit(out, events, now_ms)
+        if last_offset is None:
+            return out
+        clock.last_arrival_wall_ms = now_ms
+        clock.next_offset = last_offset + 1
+        if clock.max_ts_ms is not None:
+            clock.marks.append((last_offset, clock.max_ts_ms))
+        self._emit(out, detector.advance(self.watermark_ms(now_ms)), now_ms)
+        if silent:
+            return Outputs(outcomes=out.outcomes, rejections=out.rejections)
+        return out
+
+    def _reject(
+        self,
+        out: Outputs,
+        value: bytes,
+        rejection: Rejection,
+        partition: int,
+        offset: int,
+        now_ms: int,
+    ) -> None:
+        out.outcomes["rejected"] += 1
+        out.rejections[rejection.reason] += 1
+        record = dlq_record(
+            value,
+            rejection,
+            topic=self.topic,
+            partition=partition,
+            offset=offset,
+            received_at_ms=now_ms,
+        )
+        out.dlq.append(orjson.dumps(record))
+
+    def _emit(self, out: Outputs, events: list[IncidentEvent], now_ms: int) -> None:
+        stamp = format_ms(now_ms)
+        for event in events:
+            if event.event == "opened" and event.trigger_report_id is not None:
+                arrived_ms = self._arrivals.get(event.trigger_report_id)
+                if arrived_ms is not None:
+                    out.latencies_s.append(max(0.0, (now_ms - arrived_ms) / 1000.0))
+            # Live output stamps emission with the wall clock (contract §2); the rest of the
+            # event is the detector's, identical to a replay of the same input.
+            out.incidents.append(dataclasses.replace(event, emitted_at=stamp))
+
+    # ------------------------------------------------------------------ time
+
+    def watermark_ms(self, now_ms: int) -> int:
+        """The slowest partition's event time, less the lateness bound.
+
+        A partition that has gone quiet moves on by the wall time since its last report (like
+        Flink's idle sources), so quiet incidents still resolve; it never jumps to the wall
+        clock, so a backfill of last week's reports is judged like live ones.
+        """
+        lowest = None
+        for clock in self.partitions.values():
+            if clock.max_ts_ms is None:
+                continue
+            seen = clock.max_ts_ms
+            if self.idle_advance:
+                seen += max(0, now_ms - clock.last_arrival_wall_ms)
+            if lowest is None or seen < lowest:
+                lowest = seen
+        if lowest is None:
+            return -(2**62)
+        return lowest - self._lateness_ms
+
+    def tick(self, now_ms: int) -> Outputs:
+        """Called every second or so: idle partitions move event time on."""
+        out = Outputs()
+        if self.idle_advance and self.partitions:
+            self._emit(out, self.detector.advance(self.watermark_ms(now_ms)), now_ms)
+        return out
+
+    def event_time_lag_s(self, now_ms: int) -> float | None:
+        watermark = self.detector.watermark_ms
+        if watermark is None or watermark < 0:
+            return None
+        return max(0.0, (now_ms - watermark) / 1000.0)
+
+    # ------------------------------------------------------------------ actions
+
+    def on_action(self, value: bytes, partition: int, offset: int, now_ms: int) -> Outputs:
+        out = Outputs()
+        try:
+            action = parse_action(value)
+            events = self.detector.apply_action(action)
+            out.outcomes[f"action:{action.action}:applied"] += 1
+        except ActionError as error:
+            out.outcomes[f"action:{_action_name(value)}:rejected"] += 1
+            record = dlq_record(
+                value,
+                Rejection(error.reason, error.detail),
+                topic=self.actions_topic,
+                partition=partition,
+                offset=offset,
+                received_at_ms=now_ms,
+            )
+            out.action_dlq.append(orjson.dumps(record))
+            return out
+        self._emit(out, events, now_ms)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> dict:
+        """Everything needed to resume: the detector's durable state and, per partition, the
+        next offset to process and the first offset to read again to rebuild the windows."""
+        detector = self.detector
+        oldest_needed = None
+        if detector.clock_ms is not None:
+            oldest_needed = detector.clock_ms - self._window_ms - self._lateness_ms
+        self.checkpoint_seq += 1
+        live = set(detector._seen)
+        self._arrivals = {k: v for k, v in self._arrivals.items() if k in live}
+        return {
+            "version": CHECKPOINT_VERSION,
+            "seq": self.checkpoint_seq,
+            "detector": detector.snapshot(),
+            "partitions": {
+                partition: {
+                    "next_offset": clock.next_offset,
+                    "rebuild_offset": clock.rebuild_offset(oldest_needed),
+                    "max_ts_ms": clock.max_ts_ms,
+                }
+                for partition, clock in self.partitions.items()
+            },
+        }
+
+    def restore(self, checkpoint: dict, now_ms: int) -> None:
+        if checkpoint.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {checkpoint.get('version')} is not supported")
+        self.checkpoint_seq = checkpoint["seq"]
+        self.detector.restore(checkpoint["detector"])
+        for partition, saved in checkpoint["partitions"].items():
+            clock = PartitionClock(
+                max_ts_ms=saved["max_ts_ms"],
+                last_arrival_wall_ms=now_ms,
+                next_offset=saved["next_offset"],
+            )
+            if saved["max_ts_ms"] is not None:
+                clock.marks.append((saved["rebuild_offset"], -(2**62)))
+            self.partitions[int(partition)] = clock
+
+    def rebuild(self, values: Iterable[bytes]) -> int:
+        """Refill the windows from values read again from the input; returns how many."""
+        taxonomy = self.params.taxonomy
+        reports = []
+        for value in values:
+            parsed = parse_report(value, taxonomy)
+            if type(parsed) is not Rejection:
+                reports.append(parsed)
+        self.detector.rebuild(reports)  # type: ignore[arg-type]
+        return len(reports)
+
+
+def _action_name(value: bytes) -> str:
+    try:
+        name = orjson.loads(value).get("action")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "invalid"
+    return name if isinstance(name, str) else "invalid"
+
+
+__all__ = ["DUPLICATE", "UNCLASSIFIED_OUTCOME", "Outputs", "WorkerCore"]
