@@ -162,6 +162,10 @@ class Worker:
             status = 200 if self.ready else 503
             return web.json({"ready": self.ready}, status=status)
 
+        @app.page("/stats")
+        async def stats(web: Any, request: Any) -> Any:
+            return web.json(self.core.stats())
+
         @app.page("/metrics")
         async def metrics(web: Any, request: Any) -> Any:
             body, content_type = self.metrics.render()

@@ -158,6 +158,25 @@ def worker(
         raise typer.Exit(1) from None
 
 
+@app.command()
+def demo(
+    brokers: BrokersOption = None,
+    speed: Annotated[
+        float, typer.Option("--speed", envvar="GEOINCIDENT_SPEED", min=1.0, help="Event time x wall time.")
+    ] = 60.0,
+    hours: Annotated[
+        float, typer.Option("--hours", envvar="GEOINCIDENT_HOURS", min=0.5, help="Simulated hours.")
+    ] = 6.0,
+    seed: Annotated[int, typer.Option("--seed", envvar="GEOINCIDENT_SEED")] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Embedded broker (unless --brokers) + worker + live simulated city; Ctrl-C stops all."""
+    settings = settings_from(config, {"kafka.brokers": brokers})
+    from geoincident.stream.demo import run_demo
+
+    raise typer.Exit(run_demo(settings, brokers, speed, hours, seed))
+
+
 def configure_logging(level: str) -> None:
     import logging
 

@@ -86,6 +86,9 @@ class WorkerCore:
         self.future_tolerance_ms = int(future_tolerance_s * 1000)
         self.idle_advance = idle_advance
         self._arrivals: dict[str, int] = {}
+        # Outcomes since the stream began, kept in checkpoints: exact across restarts, so
+        # produced = accepted + rejected + duplicate + unclassified can be checked.
+        self.totals: Counter[str] = Counter()
         self.checkpoint_seq = 0
         self._lateness_ms = params.allowed_lateness_ms
         self._window_ms = params.max_window_ms
@@ -149,6 +152,7 @@ class WorkerCore:
         if clock.max_ts_ms is not None:
             clock.marks.append((last_offset, clock.max_ts_ms))
         self._emit(out, detector.advance(self.watermark_ms(now_ms)), now_ms)
+        self.totals.update(out.outcomes)
         if silent:
             return Outputs(outcomes=out.outcomes, rejections=out.rejections)
         return out
@@ -259,6 +263,7 @@ class WorkerCore:
             "version": CHECKPOINT_VERSION,
             "seq": self.checkpoint_seq,
             "detector": detector.snapshot(),
+            "totals": dict(self.totals),
             "partitions": {
                 partition: {
                     "next_offset": clock.next_offset,
@@ -273,6 +278,7 @@ class WorkerCore:
         if checkpoint.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint version {checkpoint.get('version')} is not supported")
         self.checkpoint_seq = checkpoint["seq"]
+        self.totals = Counter(checkpoint["totals"])
         self.detector.restore(checkpoint["detector"])
         for partition, saved in checkpoint["partitions"].items():
             clock = PartitionClock(
@@ -283,6 +289,19 @@ class WorkerCore:
             if saved["max_ts_ms"] is not None:
                 clock.marks.append((saved["rebuild_offset"], -(2**62)))
             self.partitions[int(partition)] = clock
+
+    def stats(self) -> dict:
+        detector = self.detector
+        return {
+            "totals": {k: self.totals.get(k, 0) for k in ("accepted", "rejected", "duplicate", "unclassified")},
+            "watermark_ms": detector.watermark_ms,
+            "state_reports": detector.state_reports,
+            "open_incidents": len(detector.open_incidents()),
+            "partitions": {
+                p: {"next_offset": c.next_offset, "max_ts_ms": c.max_ts_ms}
+                for p, c in sorted(self.partitions.items())
+            },
+        }
 
     def rebuild(self, values: Iterable[bytes]) -> int:
         """Refill the windows from values read again from the input; returns how many."""

@@ -1,0 +1,177 @@
+"""`geoincident demo`: an embedded broker, the worker and a live simulated city, one command.
+
+Every child runs in its own session so a Ctrl-C in the terminal reaches only this process,
+which then stops them in order (simulator, worker with its offset commit, broker); each child
+also dies with this process if it is killed outright, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from rich.console import Console
+
+from geoincident.stream.broker import (
+    EmbeddedBroker,
+    _die_with_parent_preexec,
+    ensure_topics,
+    free_tcp_port,
+)
+from geoincident.stream.config import Settings
+
+
+def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "geoincident.stream.cli", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent_preexec(),  # noqa: PLW1509
+    )
+
+
+def _stop(process: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float, seed: int) -> int:
+    console = Console(highlight=False, soft_wrap=True)
+    workdir = Path(tempfile.mkdtemp(prefix="geoincident-demo-"))
+    broker: EmbeddedBroker | None = None
+    worker = simulator = None
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if brokers is None:
+            broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+            brokers = broker.bootstrap
+        topics = settings.topics
+        partitions = topics.partitions
+        asyncio.run(
+            ensure_topics(
+                brokers,
+                {
+                    topics.reports: partitions,
+                    topics.incidents: partitions,
+                    topics.reports_dlq: partitions,
+                    topics.actions: partitions,
+                    topics.actions_dlq: partitions,
+                },
+            )
+        )
+        web_port = free_tcp_port()
+        env = dict(os.environ)
+        env.update(
+            GEOINCIDENT_WORKER__DATA_DIR=str(workdir / "state"),
+            GEOINCIDENT_KAFKA__GROUP_ID=f"geoincident-demo-{os.getpid()}",
+        )
+        worker = _spawn(
+            ["worker", "--brokers", brokers, "--web-port", str(web_port)],
+            workdir / "worker.log",
+            env,
+        )
+        simulator = _spawn(
+            [
+                "simulate", "--live", "--brokers", brokers, "--topic", topics.reports,
+                "--speed", str(speed), "--hours", str(hours), "--seed", str(seed),
+                "--anchor", "end",
+            ],
+            workdir / "simulator.log",
+            env,
+        )
+        console.print(
+            f"[bold]geoincident demo[/bold]  broker {brokers}  "
+            f"metrics http://127.0.0.1:{web_port}/metrics  logs {workdir}"
+        )
+        console.print(
+            f"a simulated city at {speed:g}x speed; incidents appear as they open. Ctrl-C stops."
+        )
+        asyncio.run(
+            _watch(console, brokers, topics.incidents, lambda: stopping, worker, simulator)
+        )
+        return 0
+    finally:
+        console.print("stopping: simulator, worker, broker ...")
+        _stop(simulator, 5.0)
+        _stop(worker, 15.0)
+        if broker is not None:
+            broker.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        console.print("stopped.")
+
+
+async def _watch(
+    console: Console,
+    brokers: str,
+    topic: str,
+    should_stop,
+    worker: subprocess.Popen[bytes],
+    simulator: subprocess.Popen[bytes],
+) -> None:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=brokers, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    opened = 0
+    simulator_done = None
+    started = time.monotonic()
+    try:
+        while not should_stop():
+            if worker.poll() is not None:
+                console.print(f"[red]the worker exited with code {worker.returncode}[/red]")
+                return
+            batch = await consumer.getmany(timeout_ms=250)
+            if simulator_done is None and simulator.poll() is not None:
+                simulator_done = True
+                console.print("the simulated stream has ended; Ctrl-C stops the demo.")
+            for messages in batch.values():
+                for message in messages:
+                    event = orjson.loads(message.value)
+                    if event["event"] == "opened":
+                        opened += 1
+                    _print_event(console, event, time.monotonic() - started)
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+_STYLE = {"opened": "bold red", "updated": "yellow", "resolved": "green"}
+
+
+def _print_event(console: Console, event: dict, elapsed_s: float) -> None:
+    name = event["event"]
+    if name == "updated" and not event.get("acknowledged_by"):
+        return  # growth is in the worker log; the terminal shows openings and endings
+    reason = f" ({event['resolved_reason']})" if name == "resolved" else ""
+    console.print(
+        f"[dim]{elapsed_s:6.1f}s[/dim] [{_STYLE.get(name, '')}]{name.upper():9}[/] "
+        f"{event['incident_id']}  {event['kind']:5} {event['category']:<20} "
+        f"{event['lat']:.5f},{event['lon']:.5f}  {event['independent_reporters']} reporters  "
+        f"validated {event['validated_at']}{reason}"
+    )
