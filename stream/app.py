@@ -76,7 +76,7 @@ class Worker:
         self._restored = False
         self._restore_lock = asyncio.Lock()
         self._last_checkpoint = 0.0
-        self._started_partitions: set[int] = set()
+        self._checkpointed: tuple | None = None
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ wiring
@@ -148,10 +148,13 @@ class Worker:
         @app.timer(interval=1.0)
         async def tick() -> None:
             if not self._restored:
-                return
+                if not self.app.tables.recovery.completed.is_set():
+                    return
+                await self.ensure_restored()
             current = now_ms()
             await self.produce(self.core.tick(current))
             self._publish_state(current)
+            await self.maybe_checkpoint()
 
         @app.page("/health")
         async def health(web: Any, request: Any) -> Any:
@@ -225,16 +228,21 @@ class Worker:
     async def on_reports(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
         await self.ensure_restored()
         current = now_ms()
-        first_offset = records[0][0]
-        if partition not in self._started_partitions:
-            self._started_partitions.add(partition)
-            await self._catch_up(partition, first_offset, current)
         clock = self.core.partitions.get(partition)
         if clock is not None and records[0][0] < clock.next_offset:
             # Already inside the restored checkpoint: processed and produced before the stop.
             records = [r for r in records if r[0] >= clock.next_offset]
             if not records:
                 return
+        elif clock is not None and records[0][0] > clock.next_offset:
+            # Offsets we never saw: the group skipped them (seen with Faust right after a
+            # restart). Read them ourselves; at-least-once, so producing again is safe.
+            missing = await self.read_range(partition, clock.next_offset, records[0][0])
+            log.warning(
+                logfmt("gap_filled", partition=partition, start=clock.next_offset,
+                       end=records[0][0], records=len(missing))
+            )
+            records = missing + records
         out = self.core.on_reports(partition, records, current)
         await self.produce(out)
         await self.maybe_checkpoint()
@@ -303,9 +311,15 @@ class Worker:
     async def maybe_checkpoint(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_checkpoint < CHECKPOINT_INTERVAL_S:
             return
+        marker = (self.core.detector.counts.copy(), sum(self.core.totals.values()),
+                  self.core.detector.clock_ms, len(self.core.detector.incidents))
+        if marker == self._checkpointed and not force:
+            return  # nothing happened since the last one
+        self._checkpointed = marker
         self._last_checkpoint = time.monotonic()
         blob = zlib.compress(pickle.dumps(self.core.checkpoint(), protocol=5), 1)
         self.state[CHECKPOINT_KEY] = blob
+        log.info(logfmt("checkpoint", seq=self.core.checkpoint_seq, bytes=len(blob)))
 
     async def ensure_restored(self) -> None:
         if self._restored:
@@ -323,6 +337,9 @@ class Worker:
                         int(partition), saved["rebuild_offset"], saved["next_offset"]
                     )
                     read += self.core.rebuild(v for _, v, _ in values)
+                committed = await self.committed_offsets(checkpoint["partitions"])
+                for partition, offset in committed.items():
+                    await self._catch_up(partition, offset, now_ms())
                 log.info(
                     logfmt(
                         "checkpoint_restored",
@@ -335,6 +352,26 @@ class Worker:
                 log.info(logfmt("fresh_start"))
             self._restored = True
             self.ready = True
+
+    async def committed_offsets(self, partitions: Any) -> dict[int, int]:
+        """The group's committed offsets of the reports partitions (OffsetFetch, no join)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka.brokers,
+            group_id=self.settings.kafka.group_id,
+            enable_auto_commit=False,
+            **kafka_client_options(self.settings),
+        )
+        await consumer.start()
+        try:
+            found = {}
+            for partition in partitions:
+                tp = TopicPartition(self.settings.topics.reports, int(partition))
+                offset = await consumer.committed(tp)
+                if offset is not None:
+                    found[int(partition)] = offset
+            return found
+        finally:
+            await consumer.stop()
 
     async def _catch_up(self, partition: int, first_offset: int, current: int) -> None:
         """Records between the checkpoint and where the group resumes were processed and

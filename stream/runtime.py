@@ -269,6 +269,7 @@ class WorkerCore:
                     "next_offset": clock.next_offset,
                     "rebuild_offset": clock.rebuild_offset(oldest_needed),
                     "max_ts_ms": clock.max_ts_ms,
+                    "marks": list(clock.marks),
                 }
                 for partition, clock in self.partitions.items()
             },
@@ -286,8 +287,7 @@ class WorkerCore:
                 last_arrival_wall_ms=now_ms,
                 next_offset=saved["next_offset"],
             )
-            if saved["max_ts_ms"] is not None:
-                clock.marks.append((saved["rebuild_offset"], -(2**62)))
+            clock.marks.extend(tuple(mark) for mark in saved["marks"])
             self.partitions[int(partition)] = clock
 
     def stats(self) -> dict:

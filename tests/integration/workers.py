@@ -1,0 +1,206 @@
+"""Running `geoincident worker` for real against the session's Tansu broker, and talking to it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from geoincident.stream.broker import ensure_topics, free_tcp_port
+
+
+class WorkerProcess:
+    """One worker subprocess with its own topics, group, web port and log."""
+
+    def __init__(self, bootstrap: str, names: dict[str, str], workdir: Path, **env: str) -> None:
+        self.bootstrap = bootstrap
+        self.names = names
+        self.workdir = workdir
+        self.web_port = free_tcp_port()
+        self.env = dict(os.environ)
+        self.env.update(
+            GEOINCIDENT_TOPICS__REPORTS=names["reports"],
+            GEOINCIDENT_TOPICS__INCIDENTS=names["incidents"],
+            GEOINCIDENT_TOPICS__REPORTS_DLQ=names["reports_dlq"],
+            GEOINCIDENT_TOPICS__ACTIONS=names["actions"],
+            GEOINCIDENT_TOPICS__ACTIONS_DLQ=names["actions_dlq"],
+            GEOINCIDENT_TOPICS__PARTITIONS=str(names.get("partitions", 1)),
+            GEOINCIDENT_KAFKA__GROUP_ID=names["group"],
+            GEOINCIDENT_WORKER__DATA_DIR=str(workdir / "state"),
+            **env,
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "worker.log"
+
+    def start(self) -> WorkerProcess:
+        self.starts += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "geoincident.stream.cli", "worker",
+                "--brokers", self.bootstrap, "--web-port", str(self.web_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        return self
+
+    def get(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=2) as r:
+                return r.status, orjson.loads(r.read())
+        except urllib.error.HTTPError as error:
+            return error.code, orjson.loads(error.read() or b"{}")
+
+    def text(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=2) as r:
+            return r.read().decode()
+
+    def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.tail()
+            try:
+                if predicate():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        try:
+            stats = self.get("/stats")[1]
+        except OSError as error:
+            stats = {"unreachable": str(error)}
+        raise AssertionError(f"condition not met in {timeout_s} s; stats {stats}\n{self.tail()}")
+
+    def totals(self) -> dict[str, int]:
+        return self.get("/stats")[1]["totals"]
+
+    def processed(self) -> int:
+        return sum(self.totals().values())
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def topic_names(topic_name: Callable[[str], str], partitions: int = 1) -> dict:
+    return {
+        "reports": topic_name("reports"),
+        "incidents": topic_name("incidents"),
+        "reports_dlq": topic_name("reports-dlq"),
+        "actions": topic_name("actions"),
+        "actions_dlq": topic_name("actions-dlq"),
+        "group": topic_name("group"),
+        "partitions": partitions,
+    }
+
+
+def create_topics(bootstrap: str, names: dict) -> None:
+    n = names["partitions"]
+    topics = {names[k]: n for k in ("reports", "incidents", "reports_dlq", "actions", "actions_dlq")}
+    asyncio.run(ensure_topics(bootstrap, topics))
+
+
+def produce(bootstrap: str, topic: str, values: Iterable[bytes], key: bytes | None = None) -> int:
+    async def run() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await producer.start()
+        count = 0
+        try:
+            futures = []
+            for value in values:
+                futures.append(await producer.send(topic, value, key=key))
+                count += 1
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        return count
+
+    return asyncio.run(run())
+
+
+def consume(bootstrap: str, topic: str, settle_s: float = 2.0, timeout_s: float = 60.0,
+            until: Callable[[list[bytes]], bool] | None = None) -> list[bytes]:
+    """Everything on a topic: read until `until` holds (then `settle_s` more) or it is quiet."""
+
+    async def run() -> list[bytes]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        values: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        satisfied_at = None
+        try:
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                got = [m.value for messages in batch.values() for m in messages]
+                values.extend(got)
+                now = time.monotonic()
+                if got:
+                    quiet_since = now
+                if until is not None:
+                    if satisfied_at is None and until(values):
+                        satisfied_at = now
+                    if satisfied_at is not None and now - satisfied_at >= settle_s:
+                        break
+                elif now - quiet_since >= settle_s and values:
+                    break
+        finally:
+            await consumer.stop()
+        return values
+
+    return asyncio.run(run())
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int | None]:
+    async def run() -> dict[int, int | None]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def events(values: list[bytes]) -> list[dict]:
+    return [orjson.loads(v) for v in values]
+
+
+def without_emitted_at(event: dict) -> dict:
+    return {k: v for k, v in event.items() if k != "emitted_at"}
