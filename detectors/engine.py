@@ -26,6 +26,7 @@ from geoincident.detectors.lifecycle import (
 )
 from geoincident.detectors.params import DetectorParams
 from geoincident.detectors.report import Report
+from geoincident.detectors.surge import SurgeDetector
 from geoincident.detectors.taxonomy import UNCLASSIFIED
 from geoincident.detectors.timefmt import format_ms, parse_rfc3339_ms
 from geoincident.geo.cells import index_resolution_for_radius
@@ -75,6 +76,9 @@ class Detector:
         # Replay moves the watermark with the data; the worker moves it itself, from the
         # slowest of its partitions (and idle time), so it sets self_advancing=False.
         self.self_advancing = self_advancing
+        self.surge = SurgeDetector(
+            params.surge, cell_resolution=params.resolution, max_report_ids=params.max_report_ids
+        )
         self._rebuilding = False
         self._category_params = {name: params.for_category(name) for name in params.taxonomy.names}
 
@@ -105,7 +109,12 @@ class Detector:
             if ts_ms < watermark - window_ms:
                 return self._outcome(TOO_LATE)
             self._accept(report)
-            return self._process(report, late=True)
+            events = self._process(report, late=True)
+            if self._weight(report) > 0:
+                surge_events = self.surge.observe(report)
+                if surge_events:
+                    events = [*events, *surge_events]
+            return events
         self._accept(report)
         heapq.heappush(self._pending, (ts_ms, report.id, report))
         if self.max_ts_ms is None or ts_ms > self.max_ts_ms:
@@ -139,6 +148,7 @@ class Detector:
                 self._fire(kind, incident_id, due_ms, events)
         self._timers = [timer for timer in self._timers if timer[2] != _UPDATE]
         heapq.heapify(self._timers)
+        events.extend(self.surge.flush())
         return events
 
     # ------------------------------------------------------------------ checkpoints
@@ -160,6 +170,7 @@ class Detector:
             "blocked_reporters": sorted(self.blocked_reporters),
             "blocked_devices": sorted(self.blocked_devices),
             "seq": self._seq,
+            "surge": self.surge.snapshot(),
         }
 
     def restore(self, snapshot: dict) -> None:
@@ -174,6 +185,8 @@ class Detector:
         self.blocked_reporters = set(snapshot["blocked_reporters"])
         self.blocked_devices = set(snapshot["blocked_devices"])
         self._seq = snapshot["seq"]
+        if "surge" in snapshot:
+            self.surge.restore(snapshot["surge"])
         for incident in self.incidents.values():
             cluster = Cluster.for_incident(incident)
             self._cluster_of[incident.incident_id] = cluster
@@ -219,6 +232,12 @@ class Detector:
             self.block(action.reporter, action.device)
             return []
         incident = self.incidents.get(action.incident_id)
+        if incident is None and self.surge.is_open(action.incident_id):
+            if action.action == "resolve":
+                return [self.surge.resolve(action.incident_id, at_ms, "dispatcher")]
+            raise ActionError(
+                "unsupported_for_surge", f"{action.action} does not apply to a surge; resolve does"
+            )
         if incident is None:
             raise ActionError("unknown_incident", f"no incident {action.incident_id!r}")
         incident.history.append(action.to_dict())
@@ -281,15 +300,25 @@ class Detector:
             ):
                 due_ms, _, kind, incident_id = heapq.heappop(timers)
                 self._tick(due_ms)
+                events.extend(self.surge.advance(due_ms))
                 self._fire(kind, incident_id, due_ms, events)
             elif next_report is not None and next_report <= watermark_ms:
                 ts_ms, _, report = heapq.heappop(pending)
                 self._tick(ts_ms)
+                surge = self.surge
+                produced = surge.advance(ts_ms)
+                if produced:
+                    events.extend(produced)
                 produced = self._process(report, late=False)
                 if produced:
                     events.extend(produced)
+                if self._weight(report) > 0:
+                    produced = surge.observe(report)
+                    if produced:
+                        events.extend(produced)
             else:
                 break
+        events.extend(self.surge.advance(watermark_ms))
         if self.clock_ms is None or watermark_ms > self.clock_ms:
             self._tick(watermark_ms)
         return events

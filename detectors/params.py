@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from geoincident.detectors.surge import SurgeParams
 from geoincident.detectors.taxonomy import Taxonomy
 from geoincident.geo.fences import Geofences
 
@@ -37,6 +38,7 @@ class DetectorParams:
     source_weights: Mapping[str, float] = field(default_factory=dict)
     taxonomy: Taxonomy = field(default_factory=Taxonomy)
     geofences: Geofences | None = None
+    surge: SurgeParams = SurgeParams()
 
     def for_category(self, category: str) -> CategoryParams:
         return self.categories.get(category, self.defaults)

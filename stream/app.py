@@ -141,7 +141,9 @@ class Worker:
             async for event in stream.events():
                 message = event.message
                 await self.ensure_restored()
-                out = self.core.on_action(message.value, message.partition, message.offset, now_ms())
+                out = self.core.on_action(
+                    message.value, message.partition, message.offset, now_ms()
+                )
                 await self.produce(out)
                 await self.maybe_checkpoint(force=True)
 
@@ -239,8 +241,13 @@ class Worker:
             # restart). Read them ourselves; at-least-once, so producing again is safe.
             missing = await self.read_range(partition, clock.next_offset, records[0][0])
             log.warning(
-                logfmt("gap_filled", partition=partition, start=clock.next_offset,
-                       end=records[0][0], records=len(missing))
+                logfmt(
+                    "gap_filled",
+                    partition=partition,
+                    start=clock.next_offset,
+                    end=records[0][0],
+                    records=len(missing),
+                )
             )
             records = missing + records
         out = self.core.on_reports(partition, records, current)
@@ -252,7 +259,9 @@ class Worker:
         futures = []
         for event in out.incidents:
             futures.append(
-                await self.incidents_topic.send(key=event.incident_id.encode(), value=event.to_json())
+                await self.incidents_topic.send(
+                    key=event.incident_id.encode(), value=event.to_json()
+                )
             )
             log.info(
                 logfmt(
@@ -311,8 +320,12 @@ class Worker:
     async def maybe_checkpoint(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last_checkpoint < CHECKPOINT_INTERVAL_S:
             return
-        marker = (self.core.detector.counts.copy(), sum(self.core.totals.values()),
-                  self.core.detector.clock_ms, len(self.core.detector.incidents))
+        marker = (
+            self.core.detector.counts.copy(),
+            sum(self.core.totals.values()),
+            self.core.detector.clock_ms,
+            len(self.core.detector.incidents),
+        )
         if marker == self._checkpointed and not force:
             return  # nothing happened since the last one
         self._checkpointed = marker
@@ -384,7 +397,9 @@ class Worker:
         self._count(out)
         log.info(logfmt("caught_up", partition=partition, records=len(records)))
 
-    async def read_range(self, partition: int, start: int, end: int) -> list[tuple[int, bytes, int]]:
+    async def read_range(
+        self, partition: int, start: int, end: int
+    ) -> list[tuple[int, bytes, int]]:
         """Records [start, end) of one reports partition, read with a plain consumer (no group).
         Counted, not bounded by end offsets: some brokers report those loosely."""
         if end <= start:
@@ -415,7 +430,11 @@ class Worker:
                     records.append((message.offset, message.value, message.timestamp))
                 if messages[-1].offset >= end - 1:
                     return records
-            log.warning(logfmt("read_range_short", partition=partition, start=start, end=end, got=len(records)))
+            log.warning(
+                logfmt(
+                    "read_range_short", partition=partition, start=start, end=end, got=len(records)
+                )
+            )
             return records
         finally:
             await consumer.stop()

@@ -143,7 +143,9 @@ def worker(
     brokers: BrokersOption = None,
     web_port: Annotated[
         int | None,
-        typer.Option("--web-port", envvar="GEOINCIDENT_WEB_PORT", help="Port of /metrics, /health."),
+        typer.Option(
+            "--web-port", envvar="GEOINCIDENT_WEB_PORT", help="Port of /metrics, /health."
+        ),
     ] = None,
 ) -> None:
     """Run the Faust worker: reports in, incidents, DLQ and actions on Kafka."""
@@ -162,7 +164,10 @@ def worker(
 def demo(
     brokers: BrokersOption = None,
     speed: Annotated[
-        float, typer.Option("--speed", envvar="GEOINCIDENT_SPEED", min=1.0, help="Event time x wall time.")
+        float,
+        typer.Option(
+            "--speed", envvar="GEOINCIDENT_SPEED", min=1.0, help="Event time x wall time."
+        ),
     ] = 60.0,
     hours: Annotated[
         float, typer.Option("--hours", envvar="GEOINCIDENT_HOURS", min=0.5, help="Simulated hours.")

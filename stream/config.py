@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from geoincident.detectors.params import CategoryParams, DetectorParams
+from geoincident.detectors.surge import SurgeParams
 from geoincident.detectors.taxonomy import DEFAULT_TAXONOMY, Category, Taxonomy
 from geoincident.geo.fences import GeofenceError, Geofences
 
@@ -105,6 +106,21 @@ def _default_taxonomy() -> dict[str, TaxonomyEntry]:
     }
 
 
+class SurgeConfig(_Section):
+    enabled: bool = True
+    region_resolution: int = Field(default=6, ge=0, le=15)
+    short_window_s: float = Field(default=300.0, gt=0)
+    baseline_half_life_s: float = Field(default=21_600.0, gt=0)
+    min_ratio: float = Field(default=8.0, ge=1)
+    min_count: int = Field(default=30, ge=1)
+    min_independent: int = Field(default=10, ge=1)
+    baseline_floor_per_min: float = Field(default=0.05, gt=0)
+    cooldown_s: float = Field(default=3600.0, ge=0)
+    resolve_after_s: float = Field(default=1800.0, ge=0)
+    update_interval_s: float = Field(default=60.0, ge=0)
+    warmup_s: float = Field(default=900.0, ge=0)
+
+
 class WorkerConfig(_Section):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
@@ -139,6 +155,7 @@ class Settings(BaseSettings):
     topics: TopicsConfig = TopicsConfig()
     detection: DetectionConfig = DetectionConfig()
     taxonomy: dict[str, TaxonomyEntry] = Field(default_factory=_default_taxonomy)
+    surge: SurgeConfig = SurgeConfig()
     worker: WorkerConfig = WorkerConfig()
 
     @classmethod
@@ -198,6 +215,7 @@ class Settings(BaseSettings):
             source_weights=dict(detection.source_weights),
             taxonomy=taxonomy,
             geofences=geofences,
+            surge=SurgeParams(**self.surge.model_dump()),
         )
 
 

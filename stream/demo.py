@@ -97,9 +97,20 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
         )
         simulator = _spawn(
             [
-                "simulate", "--live", "--brokers", brokers, "--topic", topics.reports,
-                "--speed", str(speed), "--hours", str(hours), "--seed", str(seed),
-                "--anchor", "end",
+                "simulate",
+                "--live",
+                "--brokers",
+                brokers,
+                "--topic",
+                topics.reports,
+                "--speed",
+                str(speed),
+                "--hours",
+                str(hours),
+                "--seed",
+                str(seed),
+                "--anchor",
+                "end",
             ],
             workdir / "simulator.log",
             env,
@@ -111,9 +122,7 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
         console.print(
             f"a simulated city at {speed:g}x speed; incidents appear as they open. Ctrl-C stops."
         )
-        asyncio.run(
-            _watch(console, brokers, topics.incidents, lambda: stopping, worker, simulator)
-        )
+        asyncio.run(_watch(console, brokers, topics.incidents, lambda: stopping, worker, simulator))
         return 0
     finally:
         console.print("stopping: simulator, worker, broker ...")

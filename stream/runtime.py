@@ -17,8 +17,13 @@ from dataclasses import dataclass, field
 import orjson
 
 from geoincident.detectors.actions import ActionError, parse_action
-from geoincident.detectors.engine import ACCEPTED, DUPLICATE, TOO_LATE, UNCLASSIFIED_OUTCOME
-from geoincident.detectors.engine import Detector
+from geoincident.detectors.engine import (
+    ACCEPTED,
+    DUPLICATE,
+    TOO_LATE,
+    UNCLASSIFIED_OUTCOME,
+    Detector,
+)
 from geoincident.detectors.events import IncidentEvent
 from geoincident.detectors.params import DetectorParams
 from geoincident.detectors.report import Rejection, dlq_record, future_problem, parse_report
@@ -293,7 +298,10 @@ class WorkerCore:
     def stats(self) -> dict:
         detector = self.detector
         return {
-            "totals": {k: self.totals.get(k, 0) for k in ("accepted", "rejected", "duplicate", "unclassified")},
+            "totals": {
+                k: self.totals.get(k, 0)
+                for k in ("accepted", "rejected", "duplicate", "unclassified")
+            },
             "watermark_ms": detector.watermark_ms,
             "state_reports": detector.state_reports,
             "open_incidents": len(detector.open_incidents()),

@@ -16,8 +16,9 @@ def _stream(seed: int) -> list:
     for k, start in enumerate((5, 20, 50, 80)):
         centre = destination(*SPOT, 90.0 * k, 2000.0)
         count = rng.randint(6, 12)
-        reports += ring(count, 50, centre=centre, start_minute=start, step_minutes=1.5,
-                        prefix=f"i{k}-")
+        reports += ring(
+            count, 50, centre=centre, start_minute=start, step_minutes=1.5, prefix=f"i{k}-"
+        )
     for n in range(300):
         lat, lon = destination(*SPOT, rng.uniform(0, 360), rng.uniform(0, 6000))
         reports.append(report(f"bg{n}", rng.uniform(0, 150), lat, lon))
@@ -33,9 +34,7 @@ def test_restore_and_rebuild_continue_byte_identically(cut_fraction):
     after = whole.observe_many(reports[cut:]) + whole.flush()
 
     first = Detector()
-    assert [e.to_json() for e in first.observe_many(reports[:cut])] == [
-        e.to_json() for e in before
-    ]
+    assert [e.to_json() for e in first.observe_many(reports[:cut])] == [e.to_json() for e in before]
     checkpoint = pickle.dumps(first.snapshot())
 
     second = Detector()

@@ -29,14 +29,26 @@ def city(tmp_path_factory):
     work = tmp_path_factory.mktemp("city")
     reports = work / "reports.jsonl"
     subprocess.run(
-        [sys.executable, "-m", "geoincident.stream.cli", "simulate", "--seed", "5", "--hours",
-         "3", "-o", str(reports)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "geoincident.stream.cli",
+            "simulate",
+            "--seed",
+            "5",
+            "--hours",
+            "3",
+            "-o",
+            str(reports),
+        ],
+        check=True,
+        capture_output=True,
     )
     out = work / "replay.jsonl"
     subprocess.run(
         [sys.executable, "-m", "geoincident.stream.cli", "replay", str(reports), "-o", str(out)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     replayed = events(out.read_bytes().splitlines())
     lines = reports.read_bytes().splitlines()
@@ -71,8 +83,10 @@ def test_worker_opens_the_same_incidents_as_replay(bootstrap, city, worker_facto
     worker.start()
     expected = [without_emitted_at(e) for e in replayed if e["event"] == "opened"]
     values = consume(
-        bootstrap, worker.names["incidents"],
-        until=lambda vs: len(opened_of(vs)) >= len(expected), timeout_s=120,
+        bootstrap,
+        worker.names["incidents"],
+        until=lambda vs: len(opened_of(vs)) >= len(expected),
+        timeout_s=120,
     )
     got = [without_emitted_at(e) for e in opened_of(values)]
     assert sorted(got, key=lambda e: e["incident_id"]) == sorted(
@@ -105,12 +119,24 @@ def test_malformed_messages_go_to_the_dlq_and_good_incidents_still_open(
     lines, replayed = city
     worker = worker_factory()
     future = orjson.dumps(
-        {"id": "future", "ts": _now_rfc3339(3600), "lat": 47.6, "lon": -122.3, "reporter": "f",
-         "tags": ["#pothole"]}
+        {
+            "id": "future",
+            "ts": _now_rfc3339(3600),
+            "lat": 47.6,
+            "lon": -122.3,
+            "reporter": "f",
+            "tags": ["#pothole"],
+        }
     )
     late = orjson.dumps(
-        {"id": "ancient", "ts": "2000-01-01T00:00:00Z", "lat": 47.6, "lon": -122.3,
-         "reporter": "o", "tags": ["#pothole"]}
+        {
+            "id": "ancient",
+            "ts": "2000-01-01T00:00:00Z",
+            "lat": 47.6,
+            "lon": -122.3,
+            "reporter": "o",
+            "tags": ["#pothole"],
+        }
     )
     mixed = []
     bad = list(BAD.values()) + [future]
@@ -122,8 +148,9 @@ def test_malformed_messages_go_to_the_dlq_and_good_incidents_still_open(
     produce(bootstrap, worker.names["reports"], mixed)
     worker.start()
     worker.wait_until(lambda: worker.processed() == len(mixed), timeout_s=120)
-    dlq = events(consume(bootstrap, worker.names["reports_dlq"],
-                         until=lambda vs: len(vs) >= len(BAD) + 2))
+    dlq = events(
+        consume(bootstrap, worker.names["reports_dlq"], until=lambda vs: len(vs) >= len(BAD) + 2)
+    )
     reasons = sorted(d["reason"] for d in dlq)
     assert reasons == sorted([*BAD, "future_timestamp", "too_late"])
     for record in dlq:
@@ -199,20 +226,34 @@ def test_every_dispatcher_action_has_its_effect(bootstrap, city, worker_factory)
     produce(bootstrap, worker.names["reports"], lines)
     worker.start()
     opened = [e for e in replayed if e["event"] == "opened"]
-    consume(bootstrap, worker.names["incidents"],
-            until=lambda vs: len(opened_of(vs)) >= len(opened), settle_s=0.5)
+    consume(
+        bootstrap,
+        worker.names["incidents"],
+        until=lambda vs: len(opened_of(vs)) >= len(opened),
+        settle_s=0.5,
+    )
     resolved = {e["incident_id"] for e in replayed if e["event"] == "resolved"}
     still_open = [e for e in opened if e["incident_id"] not in resolved]
     first, second = still_open[0], still_open[1]
     at = "2026-11-25T10:00:00.000Z"
     actions = [
         {"incident_id": first["incident_id"], "action": "ack", "by": "d1", "at": at},
-        {"incident_id": first["incident_id"], "action": "assign", "by": "d1", "to": "crew-7",
-         "at": at},
+        {
+            "incident_id": first["incident_id"],
+            "action": "assign",
+            "by": "d1",
+            "to": "crew-7",
+            "at": at,
+        },
         {"incident_id": first["incident_id"], "action": "resolve", "by": "d1", "at": at},
         {"incident_id": first["incident_id"], "action": "reopen", "by": "d1", "at": at},
-        {"incident_id": second["incident_id"], "action": "flag_report", "by": "d1",
-         "report_id": second["report_ids"][0], "at": at},
+        {
+            "incident_id": second["incident_id"],
+            "action": "flag_report",
+            "by": "d1",
+            "report_id": second["report_ids"][0],
+            "at": at,
+        },
         {"action": "block", "by": "d1", "reporter": "someone", "at": at},
         {"incident_id": "inc-nope", "action": "ack", "by": "d1", "at": at},
     ]
@@ -230,8 +271,9 @@ def test_every_dispatcher_action_has_its_effect(bootstrap, city, worker_factory)
     assert [e["version"] for e in tail] == sorted(e["version"] for e in tail)
     flagged = [e for e in values if e["incident_id"] == second["incident_id"]][-1]
     assert second["report_ids"][0] not in flagged["report_ids"]
-    assert flagged["report_count"] == [
-        e for e in values if e["incident_id"] == second["incident_id"]
-    ][-2]["report_count"] - 1
+    assert (
+        flagged["report_count"]
+        == [e for e in values if e["incident_id"] == second["incident_id"]][-2]["report_count"] - 1
+    )
     metrics = worker.text("/metrics")
     assert 'geoincident_actions_total{action="ack",outcome="applied"} 1.0' in metrics

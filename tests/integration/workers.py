@@ -50,8 +50,14 @@ class WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "geoincident.stream.cli", "worker",
-                "--brokers", self.bootstrap, "--web-port", str(self.web_port),
+                sys.executable,
+                "-m",
+                "geoincident.stream.cli",
+                "worker",
+                "--brokers",
+                self.bootstrap,
+                "--web-port",
+                str(self.web_port),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -127,7 +133,9 @@ def topic_names(topic_name: Callable[[str], str], partitions: int = 1) -> dict:
 
 def create_topics(bootstrap: str, names: dict) -> None:
     n = names["partitions"]
-    topics = {names[k]: n for k in ("reports", "incidents", "reports_dlq", "actions", "actions_dlq")}
+    topics = {
+        names[k]: n for k in ("reports", "incidents", "reports_dlq", "actions", "actions_dlq")
+    }
     asyncio.run(ensure_topics(bootstrap, topics))
 
 
@@ -149,13 +157,20 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], key: bytes | No
     return asyncio.run(run())
 
 
-def consume(bootstrap: str, topic: str, settle_s: float = 2.0, timeout_s: float = 60.0,
-            until: Callable[[list[bytes]], bool] | None = None) -> list[bytes]:
+def consume(
+    bootstrap: str,
+    topic: str,
+    settle_s: float = 2.0,
+    timeout_s: float = 60.0,
+    until: Callable[[list[bytes]], bool] | None = None,
+) -> list[bytes]:
     """Everything on a topic: read until `until` holds (then `settle_s` more) or it is quiet."""
 
     async def run() -> list[bytes]:
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
         await consumer.start()
@@ -187,11 +202,14 @@ def consume(bootstrap: str, topic: str, settle_s: float = 2.0, timeout_s: float 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int | None]:
     async def run() -> dict[int, int | None]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
         await consumer.start()
         try:
-            return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+            return {
+                p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)
+            }
         finally:
             await consumer.stop()
 

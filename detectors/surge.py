@@ -1,0 +1,650 @@
+"""Surges (DESIGN "Surge"): a whole district reporting one category far above its own baseline.
+
+Reports are grouped by key = (H3 region at `region_resolution`, category, language). Per key:
+
+- the *short-term rate* is the exact count of the key's reports with event time in
+  (now - short_window, now], divided by the window in minutes;
+- the *baseline* is an EWMA (half-life `baseline_half_life_s`) of per-minute counts, folded one
+  closed 1-minute bucket at a time in event time. A bucket is folded only once it lies wholly
+  before the short window, so a burst never inflates its own baseline (STA/LTA style), and the
+  EWMA is bias-corrected for the event time the detector has seen (an EWMA that started at 0
+  an hour ago is divided by 1 - decay^60): right after a (re)start a busy district's baseline is
+  its observed mean, not ~0, so steady traffic is not mistaken for a surge. Nothing is judged
+  before `warmup_s` of event time has been seen;
+- a surge *opens* when ratio = rate / max(baseline, floor) >= `min_ratio` and the window holds
+  >= `min_count` reports from >= `min_independent` independent reporters (reporters and devices
+  joined by a union-find, as for local incidents: one bot or one device farm counts once);
+- it is *updated* when new independent reporters joined, at most once per `update_interval_s`;
+- it is checked at every minute boundary of event time and *resolves* ("quiet") once it has been
+  calm for `resolve_after_s`, calm meaning ratio < min_ratio / 2 or count < min_count / 2 (the
+  halves give hysteresis, so a surge does not flap open/closed around the thresholds);
+- after it resolves, that key cannot open another surge for `cooldown_s`.
+
+Decisions depend on event time only, never on how often `advance` is called: timers (minute
+checks, throttled updates, state sweeps) fire at their own due time with the state as of that
+time, and the baseline only changes when a non-empty bucket is folded (empty minutes are decayed
+in closed form), so any sequence of `advance` calls gives the same floats and the same bytes.
+
+Events use the region's centre as lat/lon (a surge is a claim about a district; its reports are
+spread over it), `cells` = [region], `geometry` = the region's polygon, `radius_m` = the region's
+circumradius. The `surge` object reports `baseline_per_min` as used in the ratio (so floored):
+`ratio == rate_per_min / baseline_per_min` up to rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from bisect import insort
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import h3
+
+from geoincident.detectors.events import KIND_SURGE, OPENED, RESOLVED, UPDATED, IncidentEvent
+from geoincident.detectors.independence import Independence
+from geoincident.detectors.report import Report
+from geoincident.detectors.timefmt import format_ms
+from geoincident.geo.cells import cell_of, region_polygon
+from geoincident.geo.distance import haversine_m
+
+BUCKET_MS = 60_000
+# Keys are examined for eviction on these event-time boundaries.
+SWEEP_MS = 10 * BUCKET_MS
+# A key with no open surge, no cooldown, an empty window and a baseline below this fraction of
+# the floor is forgotten: recreated later at 0, its ratio is the same (max(b, floor) == floor).
+EVICT_FRACTION_OF_FLOOR = 0.1
+# Independence of an open surge tracks at most this many member reports; beyond it
+# `independent_reporters` stops growing (a lower bound) so one endless surge stays bounded.
+MAX_TRACKED_MEMBERS = 20_000
+UNDETERMINED_LANG = "und"
+
+STATUS_OPEN = "open"
+STATUS_RESOLVED = "resolved"
+
+_CHECK = 0
+_UPDATE = 1
+_SWEEP = 2
+
+_NO_EVENTS: list[IncidentEvent] = []
+
+Key = tuple[str, str, str]  # (region, category, lang)
+# (ts_ms, report id, reporter, device, source): sorts by event time, then id.
+_Entry = tuple[int, str, str, str | None, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class SurgeParams:
+    """The `[surge]` section of the configuration."""
+
+    enabled: bool = True
+    region_resolution: int = 6
+    short_window_s: float = 300.0
+    baseline_half_life_s: float = 6 * 3600.0
+    min_ratio: float = 8.0
+    min_count: int = 30
+    min_independent: int = 10
+    # 3 reports/hour per (district, category, language): below this an estimated rate is
+    # indistinguishable from "never", and an empty baseline would make any burst infinite.
+    baseline_floor_per_min: float = 0.05
+    cooldown_s: float = 3600.0
+    resolve_after_s: float = 1800.0
+    update_interval_s: float = 60.0
+    warmup_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        def fail(name: str, rule: str) -> None:
+            raise ValueError(f"surge.{name} must be {rule}, not {getattr(self, name)!r}")
+
+        if not 0 <= self.region_resolution <= 15:
+            fail("region_resolution", "an H3 resolution 0..15")
+        for name in ("short_window_s", "baseline_half_life_s", "baseline_floor_per_min"):
+            if not getattr(self, name) > 0:
+                fail(name, "> 0")
+        if not self.min_ratio >= 1:
+            fail("min_ratio", ">= 1")
+        for name in ("min_count", "min_independent"):
+            if not getattr(self, name) >= 1:
+                fail(name, ">= 1")
+        for name in ("cooldown_s", "resolve_after_s", "update_interval_s", "warmup_s"):
+            if not getattr(self, name) >= 0:
+                fail(name, ">= 0")
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.short_window_s * 1000)
+
+
+def language_of(lang: str | None) -> str:
+    """The primary language subtag, lower-case ("en-US" -> "en"); "und" when absent or bogus."""
+    if not lang:
+        return UNDETERMINED_LANG
+    primary = lang.strip().replace("_", "-").split("-", 1)[0].lower()
+    if not 1 <= len(primary) <= 8 or not (primary.isascii() and primary.isalpha()):
+        return UNDETERMINED_LANG
+    return primary
+
+
+def surge_id_for(region: str, category: str, lang: str, bucket_start_ms: int) -> str:
+    digest = hashlib.blake2b(
+        f"{region}|{category}|{lang}|{bucket_start_ms}".encode(), digest_size=8
+    ).hexdigest()
+    return f"srg-{digest}"
+
+
+def surge_confidence(peak_ratio: float, independent: int, params: SurgeParams) -> float:
+    """As sure as the weaker of the two kinds of evidence: how far the rate rose above its
+    threshold ratio, and how many independent voices there are. 0.75 with both at their
+    threshold (as a local incident at its threshold), 0.94 at twice both, approaching 1."""
+    margin = min(peak_ratio / params.min_ratio, independent / params.min_independent)
+    return round(1.0 - 2.0 ** (-2.0 * margin), 3)
+
+
+class _Surge:
+    """One open surge of a key."""
+
+    __slots__ = (
+        "incident_id",
+        "validated_ms",
+        "first_ms",
+        "last_ms",
+        "version",
+        "report_count",
+        "report_ids",
+        "report_ids_truncated",
+        "sources",
+        "independence",
+        "tracked",
+        "last_emit_ms",
+        "groups_at_emit",
+        "update_due",
+        "calm_since_ms",
+        "peak_ratio",
+        "status",
+        "resolved_reason",
+        "lat",
+        "lon",
+        "h3_cell",
+        "radius_m",
+    )
+
+    def __init__(self, incident_id: str, validated_ms: int, independence: Independence) -> None:
+        self.incident_id = incident_id
+        self.validated_ms = validated_ms
+        self.first_ms = validated_ms
+        self.last_ms = validated_ms
+        self.version = 0
+        self.report_count = 0
+        self.report_ids: list[str] = []
+        self.report_ids_truncated = False
+        self.sources: dict[str, int] = {}
+        self.independence = independence
+        self.tracked = 0
+        self.last_emit_ms = validated_ms
+        self.groups_at_emit = 0
+        self.update_due = False
+        self.calm_since_ms: int | None = None
+        self.peak_ratio = 0.0
+        self.status = STATUS_OPEN
+        self.resolved_reason: str | None = None
+        self.lat = 0.0
+        self.lon = 0.0
+        self.h3_cell = ""
+        self.radius_m = 0.0
+
+    def add(self, entry: _Entry, max_report_ids: int, track: bool) -> None:
+        ts_ms, report_id, reporter, device, source = entry
+        self.report_count += 1
+        if ts_ms < self.first_ms:
+            self.first_ms = ts_ms
+        if ts_ms > self.last_ms:
+            self.last_ms = ts_ms
+        if len(self.report_ids) < max_report_ids:
+            self.report_ids.append(report_id)
+        else:
+            self.report_ids_truncated = True
+        name = source or "unknown"
+        self.sources[name] = self.sources.get(name, 0) + 1
+        if track and self.tracked < MAX_TRACKED_MEMBERS:
+            self.independence.add(reporter, device, 1.0)
+            self.tracked += 1
+
+
+class _KeyState:
+    """Counts of one (region, category, lang): the short window, unfolded buckets, the EWMA."""
+
+    __slots__ = (
+        "ident",
+        "region",
+        "category",
+        "lang",
+        "window",
+        "reporters",
+        "pending",
+        "ewma",
+        "ewma_bucket",
+        "surge",
+        "cooldown_until_ms",
+    )
+
+    def __init__(self, region: str, category: str, lang: str, ewma_bucket: int) -> None:
+        self.ident: Key = (region, category, lang)
+        self.region = region
+        self.category = category
+        self.lang = lang
+        self.window: deque[_Entry] = deque()
+        self.reporters: dict[str, int] = {}  # reporter -> reports in the window
+        self.pending: deque[list[int]] = deque()  # [bucket, count], buckets not yet folded
+        self.ewma = 0.0  # per-minute rate after folding bucket `ewma_bucket`
+        self.ewma_bucket = ewma_bucket
+        self.surge: _Surge | None = None
+        self.cooldown_until_ms: int | None = None
+
+
+class SurgeDetector:
+    """`observe(report) -> events`, `advance(watermark_ms) -> events`, in event-time order.
+
+    The caller feeds reports in event-time order (the Detector's ordered loop). A report behind
+    the detector's clock but inside the short window is counted where it belongs and judged at
+    the clock; an older one can no longer be in any window and is ignored.
+    """
+
+    def __init__(
+        self,
+        params: SurgeParams | None = None,
+        *,
+        cell_resolution: int = 10,
+        max_report_ids: int = 200,
+    ) -> None:
+        self.params = params = params or SurgeParams()
+        self.cell_resolution = cell_resolution
+        self.max_report_ids = max_report_ids
+        self.clock_ms: int | None = None
+        self.origin_bucket: int | None = None
+        self._keys: dict[Key, _KeyState] = {}
+        self._open: dict[str, Key] = {}
+        self._timers: list[tuple[int, int, int, Key | None, str | None]] = []
+        self._seq = 0
+        self._sweep_scheduled = False
+        self._window_ms = params.window_ms
+        self._window_min = params.window_ms / BUCKET_MS
+        self._decay = 0.5 ** (BUCKET_MS / (params.baseline_half_life_s * 1000.0))
+        self._floor = params.baseline_floor_per_min
+        self._calm_factor = params.min_ratio / 2.0
+        self._evict_below = params.baseline_floor_per_min * EVICT_FRACTION_OF_FLOOR
+        self._update_ms = int(params.update_interval_s * 1000)
+        self._resolve_ms = int(params.resolve_after_s * 1000)
+        self._cooldown_ms = int(params.cooldown_s * 1000)
+        self._warmup_ms = int(params.warmup_s * 1000)
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def state_keys(self) -> int:
+        """(region, category, lang) keys held."""
+        return len(self._keys)
+
+    @property
+    def state_reports(self) -> int:
+        """Reports held in short windows."""
+        return sum(len(key.window) for key in self._keys.values())
+
+    @property
+    def open_surges(self) -> int:
+        return len(self._open)
+
+    def observe(self, report: Report) -> list[IncidentEvent]:
+        """Count one report; returns the events of timers due up to its event time, then its own."""
+        if not self.params.enabled:
+            return _NO_EVENTS
+        ts_ms = report.ts_ms
+        events: list[IncidentEvent] = []
+        if self.clock_ms is None or ts_ms > self.clock_ms:
+            self._advance_to(ts_ms, events)
+        now = self.clock_ms
+        assert now is not None
+        if ts_ms <= now - self._window_ms:
+            return events  # too old for any short window; a baseline is not worth a rewrite
+        bucket = ts_ms // BUCKET_MS
+        if self.origin_bucket is None or bucket < self.origin_bucket:
+            self.origin_bucket = bucket
+        key = self._key_for(report)
+        entry: _Entry = (ts_ms, report.id, report.reporter, report.device, report.source)
+        self._count(key, entry)
+        surge = key.surge
+        if surge is not None:
+            surge.add(entry, self.max_report_ids, track=True)
+            ratio = self._measure(key, now)[3]
+            surge.peak_ratio = max(surge.peak_ratio, ratio)
+            if surge.independence.groups > surge.groups_at_emit:
+                due_ms = surge.last_emit_ms + self._update_ms
+                if now >= due_ms:
+                    events.append(self._emit(key, surge, UPDATED, now, report.id))
+                elif not surge.update_due:
+                    surge.update_due = True
+                    self._timer(due_ms, _UPDATE, key.ident, surge.incident_id)
+        else:
+            self._maybe_open(key, now, report.id, events)
+        return events
+
+    def observe_many(self, reports: Iterable[Report]) -> list[IncidentEvent]:
+        events: list[IncidentEvent] = []
+        for report in reports:
+            events.extend(self.observe(report))
+        return events
+
+    def advance(self, watermark_ms: int) -> list[IncidentEvent]:
+        """Move event time forward (never back), firing checks and updates due by then."""
+        if not self.params.enabled:
+            return _NO_EVENTS
+        if self.clock_ms is not None and watermark_ms <= self.clock_ms:
+            return _NO_EVENTS
+        events: list[IncidentEvent] = []
+        self._advance_to(watermark_ms, events)
+        return events
+
+    def flush(self) -> list[IncidentEvent]:
+        """End of input: throttled updates already decided are emitted at their due time (as the
+        Detector does); quiet resolutions are not, the input ended rather than fell quiet."""
+        events: list[IncidentEvent] = []
+        for due_ms, _, kind, key, incident_id in sorted(self._timers):
+            if kind == _UPDATE:
+                self._fire(kind, key, incident_id, due_ms, events)
+        self._timers = [timer for timer in self._timers if timer[2] != _UPDATE]
+        heapq.heapify(self._timers)
+        return events
+
+    def resolve(self, incident_id: str, at_ms: int, reason: str = "dispatcher") -> IncidentEvent:
+        """Resolve an open surge from outside (a dispatcher); KeyError if it is not open."""
+        key = self._keys[self._open[incident_id]]
+        assert key.surge is not None
+        return self._resolve(key, key.surge, at_ms, reason)
+
+    def is_open(self, incident_id: str) -> bool:
+        return incident_id in self._open
+
+    def snapshot(self) -> dict:
+        """The whole state (windows included, they are small): pickle it at once."""
+        return {
+            "keys": self._keys,
+            "open": self._open,
+            "timers": list(self._timers),
+            "seq": self._seq,
+            "clock_ms": self.clock_ms,
+            "origin_bucket": self.origin_bucket,
+            "sweep_scheduled": self._sweep_scheduled,
+        }
+
+    def restore(self, snapshot: dict) -> None:
+        """Start from a snapshot (a fresh detector with the same params)."""
+        self._keys = snapshot["keys"]
+        self._open = snapshot["open"]
+        self._timers = list(snapshot["timers"])
+        heapq.heapify(self._timers)
+        self._seq = snapshot["seq"]
+        self.clock_ms = snapshot["clock_ms"]
+        self.origin_bucket = snapshot["origin_bucket"]
+        self._sweep_scheduled = snapshot["sweep_scheduled"]
+
+    # ------------------------------------------------------------------ time
+
+    def _advance_to(self, now_ms: int, events: list[IncidentEvent]) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            due_ms, _, kind, key, incident_id = heapq.heappop(timers)
+            if self.clock_ms is None or due_ms > self.clock_ms:
+                self.clock_ms = due_ms
+            self._fire(kind, key, incident_id, due_ms, events)
+        if self.clock_ms is None or now_ms > self.clock_ms:
+            self.clock_ms = now_ms
+
+    def _timer(self, due_ms: int, kind: int, key: Key | None, incident_id: str | None) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (due_ms, self._seq, kind, key, incident_id))
+
+    def _fire(
+        self,
+        kind: int,
+        key_id: Key | None,
+        incident_id: str | None,
+        due_ms: int,
+        events: list[IncidentEvent],
+    ) -> None:
+        if kind == _SWEEP:
+            self._sweep(due_ms)
+            return
+        key = self._keys.get(key_id) if key_id is not None else None
+        surge = key.surge if key is not None else None
+        if key is None or surge is None or surge.incident_id != incident_id:
+            return
+        if kind == _UPDATE:
+            if surge.update_due:
+                events.append(self._emit(key, surge, UPDATED, due_ms, None))
+            return
+        # _CHECK, on a minute boundary
+        count, _, _, ratio = self._measure(key, due_ms)
+        surge.peak_ratio = max(surge.peak_ratio, ratio)
+        params = self.params
+        if ratio * 2 < params.min_ratio or count * 2 < params.min_count:
+            if surge.calm_since_ms is None:
+                surge.calm_since_ms = due_ms
+            if due_ms - surge.calm_since_ms >= self._resolve_ms:
+                events.append(self._resolve(key, surge, due_ms, "quiet"))
+                return
+        else:
+            surge.calm_since_ms = None
+        self._timer(due_ms + BUCKET_MS, _CHECK, key_id, incident_id)
+
+    def _sweep(self, now_ms: int) -> None:
+        """Forget keys that can no longer matter; runs every SWEEP_MS of event time."""
+        doomed = []
+        for key_id, key in self._keys.items():
+            if key.surge is not None:
+                continue
+            if key.cooldown_until_ms is not None and key.cooldown_until_ms > now_ms:
+                continue
+            _, _, estimate, _ = self._measure(key, now_ms)
+            if key.window or key.pending or estimate is None:
+                continue
+            if estimate < self._evict_below:
+                doomed.append(key_id)
+        for key_id in doomed:
+            del self._keys[key_id]
+        if self._keys:
+            self._timer(now_ms + SWEEP_MS, _SWEEP, None, None)
+        else:
+            self._sweep_scheduled = False
+
+    # ------------------------------------------------------------------ counting
+
+    def _key_for(self, report: Report) -> _KeyState:
+        region = cell_of(report.lat, report.lon, self.params.region_resolution)
+        key_id = (region, report.category, language_of(report.lang))
+        key = self._keys.get(key_id)
+        if key is None:
+            assert self.origin_bucket is not None
+            # A new key has (implicitly) folded empty minutes since the detector's origin.
+            key = self._keys[key_id] = _KeyState(*key_id, ewma_bucket=self.origin_bucket - 1)
+            if not self._sweep_scheduled:
+                self._sweep_scheduled = True
+                now = self.clock_ms or 0
+                self._timer((now // SWEEP_MS + 1) * SWEEP_MS, _SWEEP, None, None)
+        return key
+
+    def _count(self, key: _KeyState, entry: _Entry) -> None:
+        window = key.window
+        if not window or entry >= window[-1]:
+            window.append(entry)
+        else:  # a late report: keep the window in (ts, id) order
+            insort(window, entry)
+        reporter = entry[2]
+        key.reporters[reporter] = key.reporters.get(reporter, 0) + 1
+        bucket = entry[0] // BUCKET_MS
+        pending = key.pending
+        if pending and pending[-1][0] == bucket:
+            pending[-1][1] += 1
+        elif not pending or pending[-1][0] < bucket:
+            pending.append([bucket, 1])
+        else:
+            for position, slot in enumerate(pending):
+                if slot[0] == bucket:
+                    slot[1] += 1
+                    break
+                if slot[0] > bucket:
+                    pending.insert(position, [bucket, 1])
+                    break
+
+    def _measure(self, key: _KeyState, now_ms: int) -> tuple[int, float, float | None, float]:
+        """(count, rate/min, baseline estimate/min or None, ratio) as of now_ms; the ratio
+        divides by the estimate floored at `baseline_floor_per_min`."""
+        cutoff = now_ms - self._window_ms
+        window = key.window
+        reporters = key.reporters
+        while window and window[0][0] <= cutoff:
+            reporter = window.popleft()[2]
+            left = reporters[reporter] - 1
+            if left:
+                reporters[reporter] = left
+            else:
+                del reporters[reporter]
+        count = len(window)
+        rate = count / self._window_min
+        estimate = self._baseline(key, now_ms)
+        return count, rate, estimate, rate / self._used(estimate)
+
+    def _used(self, estimate: float | None) -> float:
+        if estimate is None or estimate < self._floor:
+            return self._floor
+        return estimate
+
+    def _baseline(self, key: _KeyState, now_ms: int) -> float | None:
+        """Bias-corrected EWMA over the buckets wholly before the short window; None before the
+        first such bucket exists. While the key's surge is open a bucket teaches the baseline at
+        most `min_ratio / 2` x the baseline (the calm level): a surge does not explain itself
+        away within the hour, yet a lasting new level is learned, over hours."""
+        last = (now_ms - self._window_ms) // BUCKET_MS - 1
+        decay = self._decay
+        pending = key.pending
+        origin = self.origin_bucket
+        assert origin is not None
+        while pending and pending[0][0] <= last:
+            bucket, count = pending.popleft()
+            carried = key.ewma * decay ** max(0, bucket - 1 - key.ewma_bucket)
+            learned = float(count)
+            if key.surge is not None:
+                seen = bucket - origin
+                estimate = carried / (1.0 - decay**seen) if seen > 0 else None
+                learned = min(learned, self._calm_factor * self._used(estimate))
+            key.ewma = carried * decay + (1.0 - decay) * learned
+            key.ewma_bucket = bucket
+        seen = last - origin + 1
+        if seen <= 0:
+            return None
+        raw = key.ewma * decay ** (last - key.ewma_bucket) if last > key.ewma_bucket else key.ewma
+        return raw / (1.0 - decay**seen)
+
+    # ------------------------------------------------------------------ decisions
+
+    def _maybe_open(
+        self, key: _KeyState, now_ms: int, trigger: str, events: list[IncidentEvent]
+    ) -> None:
+        params = self.params
+        count, _, estimate, ratio = self._measure(key, now_ms)
+        if key.cooldown_until_ms is not None:
+            if now_ms < key.cooldown_until_ms:
+                return
+            key.cooldown_until_ms = None
+        assert self.origin_bucket is not None
+        if now_ms - self.origin_bucket * BUCKET_MS < self._warmup_ms:
+            return
+        if estimate is None:
+            return
+        if count < params.min_count or ratio < params.min_ratio:
+            return
+        if len(key.reporters) < params.min_independent:  # cheap upper bound first
+            return
+        independence = Independence()
+        for _, _, reporter, device, _ in key.window:
+            independence.add(reporter, device, 1.0)
+        if independence.groups < params.min_independent:
+            return
+        region = key.region
+        incident_id = surge_id_for(region, key.category, key.lang, now_ms // BUCKET_MS * BUCKET_MS)
+        surge = _Surge(incident_id, now_ms, independence)
+        for entry in key.window:
+            surge.add(entry, self.max_report_ids, track=False)
+        surge.tracked = len(key.window)
+        surge.first_ms = key.window[0][0]
+        surge.last_ms = key.window[-1][0]  # the window is in event-time order
+        surge.peak_ratio = ratio
+        centre_lat, centre_lon = h3.cell_to_latlng(region)
+        surge.lat = round(centre_lat, 7)
+        surge.lon = round(centre_lon, 7)
+        surge.h3_cell = cell_of(surge.lat, surge.lon, self.cell_resolution)
+        radius_m = max(
+            haversine_m(surge.lat, surge.lon, v_lat, v_lon)
+            for v_lat, v_lon in h3.cell_to_boundary(region)
+        )
+        surge.radius_m = round(math.ceil(radius_m * 10.0) / 10.0, 1)
+        key.surge = surge
+        self._open[incident_id] = key.ident
+        events.append(self._emit(key, surge, OPENED, now_ms, trigger))
+        next_minute = (now_ms // BUCKET_MS + 1) * BUCKET_MS
+        self._timer(next_minute, _CHECK, key.ident, incident_id)
+
+    def _resolve(self, key: _KeyState, surge: _Surge, at_ms: int, reason: str) -> IncidentEvent:
+        surge.status = STATUS_RESOLVED
+        surge.resolved_reason = reason
+        event = self._emit(key, surge, RESOLVED, at_ms, None)
+        key.surge = None
+        key.cooldown_until_ms = at_ms + self._cooldown_ms
+        del self._open[surge.incident_id]
+        return event
+
+    def _emit(
+        self, key: _KeyState, surge: _Surge, name: str, now_ms: int, trigger: str | None
+    ) -> IncidentEvent:
+        _, rate, estimate, ratio = self._measure(key, now_ms)
+        surge.version += 1
+        surge.last_emit_ms = max(surge.last_emit_ms, now_ms)
+        groups = surge.independence.groups
+        surge.groups_at_emit = groups
+        surge.update_due = False
+        return IncidentEvent(
+            incident_id=surge.incident_id,
+            event=name,
+            version=surge.version,
+            kind=KIND_SURGE,
+            category=key.category,
+            lat=surge.lat,
+            lon=surge.lon,
+            h3_cell=surge.h3_cell,
+            cells=(key.region,),
+            geometry=region_polygon(key.region),
+            radius_m=surge.radius_m,
+            first_report_at=format_ms(surge.first_ms),
+            validated_at=format_ms(surge.validated_ms),
+            last_report_at=format_ms(surge.last_ms),
+            emitted_at=format_ms(now_ms),
+            report_count=surge.report_count,
+            independent_reporters=groups,
+            score=round(ratio, 3),
+            confidence=surge_confidence(surge.peak_ratio, groups, self.params),
+            report_ids=tuple(surge.report_ids),
+            report_ids_truncated=surge.report_ids_truncated,
+            sources=dict(sorted(surge.sources.items())),
+            jurisdiction=None,
+            status=surge.status,
+            resolved_reason=surge.resolved_reason,
+            surge={
+                "region": key.region,
+                "rate_per_min": round(rate, 3),
+                "baseline_per_min": round(self._used(estimate), 3),
+                "ratio": round(ratio, 3),
+                "window_s": round(self.params.short_window_s),
+                "lang": key.lang,
+            },
+            trigger_report_id=trigger,
+        )
