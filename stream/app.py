@@ -15,6 +15,8 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from geoincident import __version__
+from geoincident.stream.batching import BATCH_CODEC
+from geoincident.stream.batching import install as install_batching
 from geoincident.stream.config import Settings
 from geoincident.stream.metrics import WorkerMetrics
 from geoincident.stream.runtime import Outputs, WorkerCore
@@ -112,7 +114,11 @@ class Worker:
         )
         topics = settings.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.reports_topic = app.topic(topics.reports, **raw)
+        # Reports arrive as whole fetched batches (stream/batching.py); the rest per record.
+        self.reports_topic = app.topic(
+            topics.reports, key_serializer="raw", value_serializer=BATCH_CODEC
+        )
+        install_batching(app, {topics.reports})
         self.actions_topic = app.topic(topics.actions, **raw)
         self.incidents_topic = app.topic(topics.incidents, **raw)
         self.dlq_topic = app.topic(topics.reports_dlq, **raw)
@@ -131,10 +137,7 @@ class Worker:
         @app.agent(self.reports_topic, concurrency=1)
         async def reports(stream: Any) -> None:
             async for event in stream.events():
-                message = event.message
-                await self.on_reports(
-                    message.partition, [(message.offset, message.value, _ms(message.timestamp))]
-                )
+                await self.on_reports(event.message.partition, event.value)
 
         @app.agent(self.actions_topic, concurrency=1)
         async def actions(stream: Any) -> None:

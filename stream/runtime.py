@@ -61,14 +61,15 @@ class PartitionClock:
     max_ts_ms: int | None = None
     last_arrival_wall_ms: int = 0
     next_offset: int = 0
-    # (offset, max event time up to that offset): the earliest offset still needed to rebuild
-    # the windows after a restart is the first whose running max reaches the window's start.
+    # (first offset of a batch, max event time after it): a report at or before a batch whose
+    # running max is older than the windows' start cannot be in state any more, so a restart
+    # reads again from the first batch whose running max reaches it.
     marks: deque[tuple[int, int]] = field(default_factory=deque)
 
     def rebuild_offset(self, oldest_needed_ms: int | None) -> int:
         marks = self.marks
         if oldest_needed_ms is not None:
-            while len(marks) > 1 and marks[1][1] < oldest_needed_ms:
+            while marks and marks[0][1] < oldest_needed_ms:
                 marks.popleft()
         return marks[0][0] if marks else self.next_offset
 
@@ -118,8 +119,11 @@ class WorkerCore:
         taxonomy = self.params.taxonomy
         tolerance_ms = self.future_tolerance_ms
         arrivals = self._arrivals
-        last_offset = None
+        last_offset = first_offset = None
+        clock.last_arrival_wall_ms = now_ms
         for offset, value, timestamp_ms in records:
+            if first_offset is None:
+                first_offset = offset
             last_offset = offset
             parsed = parse_report(value, taxonomy)
             if type(parsed) is Rejection:
@@ -143,19 +147,24 @@ class WorkerCore:
                 )
                 continue
             out.outcomes[outcome] += 1
+            if events:
+                self._emit(out, events, now_ms)
             if outcome is ACCEPTED:
                 arrivals[report.id] = timestamp_ms  # type: ignore[union-attr]
                 ts_ms = report.ts_ms  # type: ignore[union-attr]
                 if clock.max_ts_ms is None or ts_ms > clock.max_ts_ms:
                     clock.max_ts_ms = ts_ms
-            if events:
-                self._emit(out, events, now_ms)
+                    # Event time moves per report, as in a replay, not per fetched batch: what
+                    # is too late must not depend on how the broker cut the batches.
+                    events = detector.advance(self.watermark_ms(now_ms))
+                    if events:
+                        self._emit(out, events, now_ms)
         if last_offset is None:
             return out
         clock.last_arrival_wall_ms = now_ms
         clock.next_offset = last_offset + 1
         if clock.max_ts_ms is not None:
-            clock.marks.append((last_offset, clock.max_ts_ms))
+            clock.marks.append((first_offset, clock.max_ts_ms))
         self._emit(out, detector.advance(self.watermark_ms(now_ms)), now_ms)
         self.totals.update(out.outcomes)
         if silent:

@@ -171,14 +171,18 @@ def test_kill_9_mid_stream_loses_nothing_and_never_changes_an_opened_incident(
 ):
     lines, replayed = city
     worker = worker_factory()
-    half = len(lines) // 2
-    produce(bootstrap, worker.names["reports"], lines[:half])
+    chunks = [lines[n : n + 60] for n in range(0, len(lines), 60)]
+    produce(bootstrap, worker.names["reports"], chunks[0])
     worker.start()
-    worker.wait_until(lambda: worker.processed() >= half // 2)
-    time.sleep(1.5)  # let a checkpoint and a commit or two happen mid-stream
-    produce(bootstrap, worker.names["reports"], lines[half:])
-    worker.wait_until(lambda: worker.processed() >= half)
-    worker.kill(signal.SIGKILL)
+    sent = len(chunks[0])
+    for chunk in chunks[1 : len(chunks) // 2]:
+        worker.wait_until(lambda s=sent: worker.processed() >= s)
+        time.sleep(0.7)  # checkpoints (1 s) and commits (1 s) fall between chunks
+        produce(bootstrap, worker.names["reports"], chunk)
+        sent += len(chunk)
+    worker.kill(signal.SIGKILL)  # mid-stream: the last chunk may be half processed
+    for chunk in chunks[len(chunks) // 2 :]:
+        produce(bootstrap, worker.names["reports"], chunk)
     worker.start()
     worker.wait_until(lambda: worker.get("/ready")[0] == 200)
     worker.wait_until(lambda: worker.processed() >= len(lines), timeout_s=120)

@@ -1,0 +1,49 @@
+"""The batch delivery leans on faust-streaming's private consumer internals: pin them.
+
+If any of these fails after an upgrade, re-read stream/batching.py against the new Faust
+consumer, re-run the kill -9 test (tests/integration/test_worker.py), then update the digests.
+"""
+
+import hashlib
+import inspect
+from importlib.metadata import version
+
+import pytest
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from geoincident.stream.batching import BatchingConsumer
+
+# sha256 (16 hex) of the source of each stock routine the batch path mirrors or relies on.
+PINNED_SOURCES = {
+    "_drain_messages": (faust_consumer.Consumer._drain_messages, "44a2500309e83c63"),
+    "_add_gap": (faust_consumer.Consumer._add_gap, "4df2573ded7c1c2c"),
+    "_new_offset": (faust_consumer.Consumer._new_offset, "1d2c7ea89a7ad4f1"),
+    "_wait_next_records": (faust_consumer.Consumer._wait_next_records, "6218e1969a636b3f"),
+    "getmany": (faust_consumer.Consumer.getmany, "4b168d84882a70d6"),
+    "_to_message": (faust_aiokafka.Consumer._to_message, "7c24f6511b2fcef7"),
+}
+
+
+def test_faust_streaming_is_the_pinned_version():
+    assert version("faust-streaming") == "0.15.3"
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_SOURCES))
+def test_the_stock_consumer_internals_are_unchanged(name):
+    routine, digest = PINNED_SOURCES[name]
+    assert hashlib.sha256(inspect.getsource(routine).encode()).hexdigest()[:16] == digest
+
+
+def test_the_consumer_state_the_batch_path_uses_still_exists():
+    init = inspect.getsource(faust_consumer.Consumer.__init__)
+    for attribute in ("_read_offset", "_buffered_partitions", "_commit_every", "_n_acked", "_gap"):
+        assert f"self.{attribute}" in init, attribute
+    for member in ("suspend_flow", "flow_active", "perform_seek", "consumer_stopped_errors"):
+        assert hasattr(faust_consumer.Consumer, member) or member in inspect.getsource(
+            faust_consumer.Consumer
+        ), member
+
+
+def test_the_batching_consumer_is_the_aiokafka_driver_consumer():
+    assert issubclass(BatchingConsumer, faust_aiokafka.Consumer)
