@@ -49,7 +49,8 @@ class Detector:
     def __init__(self, params: DetectorParams | None = None, self_advancing: bool = True) -> None:
         self.params = params = params or DetectorParams()
         self.index = ClusterIndex(
-            index_resolution_for_radius(params.max_radius_m, params.resolution)
+            index_resolution_for_radius(params.max_radius_m, params.resolution),
+            params.max_radius_m,
         )
         self.accuracy = AccuracyWeights(params.default_accuracy_m, params.accuracy_floor_m)
         self.incidents: dict[str, Incident] = {}

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 
 class Independence:
-    """Incremental union-find over reporter and device keys with a weight per group."""
+    """Incremental union-find over reporter and device keys with a weight per group.
+
+    `groups` counts the groups that weigh something: a blocked reporter (weight 0) is no
+    independent voice.
+    """
 
     __slots__ = ("_parent", "_weight", "score", "groups")
 
@@ -39,8 +43,7 @@ class Independence:
         if key in self._parent:
             return self._find(key)
         self._parent[key] = key
-        self._weight[key] = 0.0
-        self.groups += 1
+        self._weight[key] = 0.0  # a group counts (in `groups`) once it weighs something
         return key
 
     def _union(self, a: str, b: str) -> str:
@@ -54,7 +57,8 @@ class Independence:
         merged = wa if wa >= wb else wb
         self.score += merged - wa - wb
         self._weight[a] = merged
-        self.groups -= 1
+        if wa > 0.0 and wb > 0.0:
+            self.groups -= 1
         return a
 
     def add(self, reporter: str, device: str | None, weight: float) -> None:
@@ -63,6 +67,8 @@ class Independence:
             root = self._union(root, self._ensure("d:" + device))
         current = self._weight[root]
         if weight > current:
+            if current <= 0.0:
+                self.groups += 1
             self._weight[root] = weight
             self.score += weight - current
 
@@ -77,6 +83,7 @@ class Independence:
             if weight > current:
                 self._weight[root] = weight
                 self.score += weight - current
+        self.groups = sum(1 for weight in self._weight.values() if weight > 0.0)
 
     def copy(self) -> Independence:
         clone = Independence()

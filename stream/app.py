@@ -12,6 +12,7 @@ import zlib
 from typing import Any
 
 import faust
+from faust.types import TP
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from geoincident import __version__
@@ -317,6 +318,16 @@ class Worker:
             open_incidents=open_by_category,
             event_time_lag_s=self.core.event_time_lag_s(current),
         )
+        topic = self.settings.topics.reports
+        lags: dict[tuple[str, int], int] = {}
+        for partition, clock in self.core.partitions.items():
+            try:
+                highwater = self.app.consumer.highwater(TP(topic, partition))
+            except Exception:  # noqa: BLE001 - not assigned (yet): no figure, not a failure
+                continue
+            if highwater is not None:
+                lags[(topic, partition)] = max(0, highwater - clock.next_offset)
+        self.metrics.set_consumer_lag(lags)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -292,6 +292,13 @@ FLAG_VARIABLES = {
     "JSON",
     "MIN_RECALL",
     "MIN_PRECISION",
+    "FAMILIES",
+    "BBOX",
+    "START",
+    "ANCHOR",
+    "SIMULATE_OUTPUT",
+    "REPORTS_TOPIC",
+    "EVALUATE_JSON",
 }
 
 

@@ -69,7 +69,8 @@ DEFAULT_DLQ_TOPICS: tuple[str, ...] = ("reports.dlq", "incident-actions.dlq")
 
 # Detection latency runs from ~1 ms (the threshold-crossing report is the last of a fetched
 # batch) to minutes (a backlog after a restart); dispatchers care about the seconds-to-minutes
-# range, hence the density there. Upper bound 5 min, beyond that "+Inf" is the answer.
+# range, hence the density there; decisions wait for the watermark (allowed lateness, 120 s by
+# default), hence the buckets around it. Upper bound 15 min, beyond that "+Inf" is the answer.
 DETECTION_LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.001,
     0.0025,
@@ -88,7 +89,12 @@ DETECTION_LATENCY_BUCKETS_S: tuple[float, ...] = (
     30.0,
     60.0,
     120.0,
+    150.0,
+    180.0,
+    240.0,
     300.0,
+    600.0,
+    900.0,
 )
 
 

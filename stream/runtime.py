@@ -247,7 +247,9 @@ class WorkerCore:
             events = self.detector.apply_action(action)
             out.outcomes[f"action:{action.action}:applied"] += 1
         except ActionError as error:
-            out.outcomes[f"action:{_action_name(value)}:rejected"] += 1
+            # the metric's outcomes: applied, unknown_incident, invalid
+            outcome = "unknown_incident" if error.reason.startswith("unknown_") else "invalid"
+            out.outcomes[f"action:{_action_name(value)}:{outcome}"] += 1
             record = dlq_record(
                 value,
                 Rejection(error.reason, error.detail),

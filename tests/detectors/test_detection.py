@@ -254,3 +254,25 @@ def test_merging_clusters_keep_the_older_incident():
         assert len(resolved) == 1 and resolved[0].resolved_reason == "superseded"
         assert resolved[0].superseded_by in ids - {resolved[0].incident_id}
     assert events[0].incident_id not in {e.incident_id for e in resolved}
+
+
+def test_a_blocked_reporter_counts_for_nothing_from_then_on():
+    detector = Detector()
+    detector.block(reporter="r-user4")
+    events = detector.observe_many(ring(5, 30)) + detector.flush()
+    assert events == []
+    events = detector.observe_many(ring(1, 30, prefix="x", start_minute=5)) + detector.flush()
+    assert len(events) == 1 and events[0].independent_reporters == 5
+    assert events[0].report_count == 6 and events[0].score == 5.0
+
+
+def test_independence_counts_people_not_accounts_or_devices():
+    from geoincident.detectors.independence import Independence
+
+    group = Independence()
+    group.add("alice", "phone-1", 1.0)
+    group.add("bob", "phone-1", 1.0)  # shares alice's phone
+    group.add("alice", "tablet", 1.0)  # alice again, another device
+    group.add("carol", None, 5.0)
+    group.add("mallory", None, 0.0)  # blocked
+    assert group.groups == 2 and group.score == 6.0
