@@ -50,6 +50,15 @@ def write_result(path: str, result: dict) -> None:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak RSS: VmHWM, which starts afresh at exec (ru_maxrss does not: it
+    would include the forking parent's)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

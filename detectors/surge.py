@@ -33,6 +33,7 @@ circumradius. The `surge` object reports `baseline_per_min` as used in the ratio
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import math
@@ -117,6 +118,7 @@ class SurgeParams:
         return int(self.short_window_s * 1000)
 
 
+@functools.lru_cache(maxsize=4096)
 def language_of(lang: str | None) -> str:
     """The primary language subtag, lower-case ("en-US" -> "en"); "und" when absent or bogus."""
     if not lang:
@@ -270,6 +272,7 @@ class SurgeDetector:
         self._sweep_scheduled = False
         self._window_ms = params.window_ms
         self._window_min = params.window_ms / BUCKET_MS
+        self._min_count = params.min_count
         self._decay = 0.5 ** (BUCKET_MS / (params.baseline_half_life_s * 1000.0))
         self._floor = params.baseline_floor_per_min
         self._calm_factor = params.min_ratio / 2.0
@@ -325,7 +328,9 @@ class SurgeDetector:
                 elif not surge.update_due:
                     surge.update_due = True
                     self._timer(due_ms, _UPDATE, key.ident, surge.incident_id)
-        else:
+        elif len(key.window) >= self._min_count:
+            # The window may still hold expired entries, so its length bounds the count from
+            # above: below the minimum no surge can open, and the baseline need not be computed.
             self._maybe_open(key, now, report.id, events)
         return events
 

@@ -13,7 +13,10 @@ _DROPPED = str.maketrans("", "", "_- ")
 
 
 def normalise_tag(tag: str) -> str:
-    """NFKC, lower-case, no leading '#', no '_', '-' or spaces: `#StreetLightOut` -> `streetlightout`."""
+    """NFKC, lower-case, no leading '#', no '_', '-' or spaces.
+
+    `#StreetLightOut`, `street_light-out` and `streetlightout` all become `streetlightout`.
+    """
     text = unicodedata.normalize("NFKC", tag).lower().strip()
     if text.startswith("#"):
         text = text[1:]

@@ -12,8 +12,8 @@ import zlib
 from typing import Any
 
 import faust
-from faust.types import TP
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 
 from geoincident import __version__
 from geoincident.stream.batching import BATCH_CODEC

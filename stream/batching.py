@@ -48,7 +48,6 @@ class BatchingConsumer(aiokafka_driver.Consumer):
     batch_topics: frozenset[str] = frozenset()
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - in integration
-        callback = self.callback
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         read_offset = self._read_offset

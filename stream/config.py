@@ -130,17 +130,19 @@ class WorkerConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-_file_document: ContextVar[dict[str, Any]] = ContextVar("geoincident_config_file", default={})
+_file_document: ContextVar[dict[str, Any] | None] = ContextVar(
+    "geoincident_config_file", default=None
+)
 
 
 class _FileSource(PydanticBaseSettingsSource):
     """The parsed TOML file, below the environment and the flags."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _file_document.get().get(field_name), field_name, False
+        return (_file_document.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_file_document.get())
+        return dict(_file_document.get() or {})
 
 
 class Settings(BaseSettings):

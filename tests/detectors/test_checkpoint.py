@@ -1,4 +1,5 @@
-"""A detector restored from a checkpoint and refilled from the input carries on as if never stopped."""
+"""A detector restored from a checkpoint and refilled from the input carries on as if it had
+never stopped."""
 
 import pickle
 import random
