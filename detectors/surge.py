@@ -68,6 +68,10 @@ STATUS_RESOLVED = "resolved"
 _CHECK = 0
 _UPDATE = 1
 _SWEEP = 2
+# Keys are tracked in full from their PROMOTE_AFTER-th report within PROMOTE_SPAN_MS: three
+# an hour is the baseline floor (0.05/min), below which the exact rate changes no decision.
+PROMOTE_AFTER = 3
+PROMOTE_SPAN_MS = 3_600_000
 
 _NO_EVENTS: list[IncidentEvent] = []
 
@@ -266,6 +270,7 @@ class SurgeDetector:
         self.clock_ms: int | None = None
         self.origin_bucket: int | None = None
         self._keys: dict[Key, _KeyState] = {}
+        self._sparse: dict[Key, list[_Entry]] = {}
         self._open: dict[str, Key] = {}
         self._timers: list[tuple[int, int, int, Key | None, str | None]] = []
         self._seq = 0
@@ -292,7 +297,8 @@ class SurgeDetector:
     @property
     def state_reports(self) -> int:
         """Reports held in short windows."""
-        return sum(len(key.window) for key in self._keys.values())
+        held = sum(len(entries) for entries in self._sparse.values())
+        return held + sum(len(key.window) for key in self._keys.values())
 
     @property
     def open_surges(self) -> int:
@@ -313,9 +319,29 @@ class SurgeDetector:
         bucket = ts_ms // BUCKET_MS
         if self.origin_bucket is None or bucket < self.origin_bucket:
             self.origin_bucket = bucket
-        key = self._key_for(report)
         entry: _Entry = (ts_ms, report.id, report.reporter, report.device, report.source)
-        self._count(key, entry)
+        key_id = (
+            cell_of(report.lat, report.lon, self.params.region_resolution),
+            report.category,
+            language_of(report.lang),
+        )
+        key = self._keys.get(key_id)
+        if key is None:
+            # A (region, category, language) reporting under PROMOTE_AFTER per PROMOTE_SPAN_MS
+            # stays below the baseline floor whatever its exact rate: it is only remembered
+            # as its last few reports, which join the key's window once it gets busier.
+            held = [e for e in self._sparse.get(key_id, ()) if e[0] > ts_ms - PROMOTE_SPAN_MS]
+            held.append(entry)
+            if len(held) < PROMOTE_AFTER:
+                self._sparse[key_id] = held
+                self._schedule_sweep()
+                return events
+            self._sparse.pop(key_id, None)
+            key = self._key_for(key_id)
+            for held_entry in sorted(held):
+                self._count(key, held_entry)
+        else:
+            self._count(key, entry)
         surge = key.surge
         if surge is not None:
             surge.add(entry, self.max_report_ids, track=True)
@@ -380,6 +406,7 @@ class SurgeDetector:
             "clock_ms": self.clock_ms,
             "origin_bucket": self.origin_bucket,
             "sweep_scheduled": self._sweep_scheduled,
+            "sparse": self._sparse,
         }
 
     def restore(self, snapshot: dict) -> None:
@@ -392,6 +419,7 @@ class SurgeDetector:
         self.clock_ms = snapshot["clock_ms"]
         self.origin_bucket = snapshot["origin_bucket"]
         self._sweep_scheduled = snapshot["sweep_scheduled"]
+        self._sparse = snapshot.get("sparse", {})
 
     # ------------------------------------------------------------------ time
 
@@ -457,26 +485,29 @@ class SurgeDetector:
                 doomed.append(key_id)
         for key_id in doomed:
             del self._keys[key_id]
-        if self._keys:
+        horizon = now_ms - PROMOTE_SPAN_MS
+        self._sparse = {k: v for k, v in self._sparse.items() if v[-1][0] > horizon}
+        if self._keys or self._sparse:
             self._timer(now_ms + SWEEP_MS, _SWEEP, None, None)
         else:
             self._sweep_scheduled = False
 
     # ------------------------------------------------------------------ counting
 
-    def _key_for(self, report: Report) -> _KeyState:
-        region = cell_of(report.lat, report.lon, self.params.region_resolution)
-        key_id = (region, report.category, language_of(report.lang))
+    def _key_for(self, key_id: Key) -> _KeyState:
         key = self._keys.get(key_id)
         if key is None:
             assert self.origin_bucket is not None
             # A new key has (implicitly) folded empty minutes since the detector's origin.
             key = self._keys[key_id] = _KeyState(*key_id, ewma_bucket=self.origin_bucket - 1)
-            if not self._sweep_scheduled:
-                self._sweep_scheduled = True
-                now = self.clock_ms or 0
-                self._timer((now // SWEEP_MS + 1) * SWEEP_MS, _SWEEP, None, None)
+            self._schedule_sweep()
         return key
+
+    def _schedule_sweep(self) -> None:
+        if not self._sweep_scheduled:
+            self._sweep_scheduled = True
+            now = self.clock_ms or 0
+            self._timer((now // SWEEP_MS + 1) * SWEEP_MS, _SWEEP, None, None)
 
     def _count(self, key: _KeyState, entry: _Entry) -> None:
         window = key.window
