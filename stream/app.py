@@ -320,13 +320,16 @@ class Worker:
         )
         topic = self.settings.topics.reports
         lags: dict[tuple[str, int], int] = {}
-        for partition, clock in self.core.partitions.items():
-            try:
-                highwater = self.app.consumer.highwater(TP(topic, partition))
-            except Exception:  # noqa: BLE001 - not assigned (yet): no figure, not a failure
-                continue
+        try:
+            assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == topic]
+        except Exception:  # noqa: BLE001 - no consumer yet: no figure, not a failure
+            assigned = []
+        for tp in assigned:
+            clock = self.core.partitions.get(tp.partition)
+            highwater = self.app.consumer.highwater(TP(topic, tp.partition))
             if highwater is not None:
-                lags[(topic, partition)] = max(0, highwater - clock.next_offset)
+                done = clock.next_offset if clock is not None else 0
+                lags[(topic, tp.partition)] = max(0, highwater - done)
         self.metrics.set_consumer_lag(lags)
 
     # ------------------------------------------------------------------ checkpoints
