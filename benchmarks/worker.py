@@ -173,16 +173,24 @@ async def _child_raw(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     if args.kind == "raw-core":
+        from collections import Counter
+
         from geoincident.stream.config import load_settings
         from geoincident.stream.runtime import WorkerCore
 
         core = WorkerCore(load_settings().detector_params(), args.topic)
+        outcomes = core.totals
+        reasons: Counter[str] = Counter()
 
         def handle(partition: int, messages: list) -> None:
             now = time.time_ns() // 1_000_000
-            core.on_reports(partition, [(m.offset, m.value, m.timestamp) for m in messages], now)
+            out = core.on_reports(
+                partition, [(m.offset, m.value, m.timestamp) for m in messages], now
+            )
+            reasons.update(out.rejections)
     else:
         loads = orjson.loads
+        outcomes = reasons = None
 
         def handle(partition: int, messages: list) -> None:
             for message in messages:
@@ -220,6 +228,8 @@ async def _child_raw(args: argparse.Namespace) -> None:
             "seconds": last - first,
             "startup_s": first - started,
             "peak_rss": peak_rss_bytes(),
+            "outcomes": dict(outcomes) if outcomes is not None else None,
+            "rejections": dict(reasons) if reasons is not None else None,
         },
     )
 
@@ -415,15 +425,55 @@ def http_json(port: int, path: str, timeout_s: float = 2.0) -> tuple[int, dict]:
         return error.code, {}
 
 
-def processed(port: int) -> int | None:
-    """Reports the worker has processed (sum of its /stats totals), None if unreachable."""
+def totals(port: int) -> dict[str, int] | None:
+    """The worker's /stats outcome totals, None if unreachable."""
     try:
         status, body = http_json(port, "/stats")
     except (OSError, ValueError):
         return None
     if status != 200:
         return None
-    return sum(int(v) for v in body.get("totals", {}).values())
+    return {k: int(v) for k, v in body.get("totals", {}).items()}
+
+
+def processed(port: int) -> int | None:
+    """Reports the worker has processed (sum of its /stats totals), None if unreachable."""
+    found = totals(port)
+    return None if found is None else sum(found.values())
+
+
+def rejection_reasons(port: int) -> dict[str, int]:
+    """Rejections by reason from the worker's /metrics (best effort: {} if the name changes)."""
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("geoincident_reports_rejected_total{") and 'reason="' in line:
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            with contextlib.suppress(ValueError):
+                count = int(float(line.rsplit(" ", 1)[1]))
+                if count:
+                    found[reason] = count
+    return found
+
+
+def outcomes_note(outcomes: dict[str, int], reasons: dict[str, int] | None = None) -> str:
+    """`accepted 100%` or `accepted 35%, rejected 65% (too_late)`: a backfill's rejections
+    show here."""
+    total = sum(outcomes.values()) or 1
+    parts = []
+    for name, count in sorted(outcomes.items()):
+        if not count:
+            continue
+        part = f"{name} {count / total:.0%}"
+        if name == "rejected" and reasons:
+            part += " (" + ", ".join(sorted(reasons, key=lambda r: -reasons[r])) + ")"
+        parts.append(part)
+    return ", ".join(parts)
 
 
 async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
@@ -614,6 +664,8 @@ class Bench:
                 f"{got['loop']} loop"
                 + (" (uvloop not installed)" if got["loop"] == "asyncio" else ""),
             )
+        if got.get("outcomes"):
+            notes.append(outcomes_note(got["outcomes"], got.get("rejections")))
         if "versions" in got:
             self.versions.update(got["versions"])
         if check_commits:
@@ -705,6 +757,8 @@ class Bench:
                         break
                 time.sleep(STATS_POLL_S)
             rss = vm_hwm_bytes(process.pid)
+            outcomes = totals(port) or {}
+            reasons = rejection_reasons(port)
             assert first is not None and last is not None
             committed = wait_committed(
                 self.bootstrap, names["group"], topic, self.args.partitions, n
@@ -719,6 +773,8 @@ class Bench:
         if polls < 10 or seconds <= 0:
             notes.append("too few /stats polls for a precise rate")
         rate = (last[1] - first[1]) / seconds if seconds > 0 else None
+        if outcomes:
+            notes.append(outcomes_note(outcomes, reasons))
         notes.append(f"join + startup {first[0] - spawned_pc:.1f} s excluded")
         notes.append(f"peak RSS {rss / 2**20:,.0f} MiB" if rss else "peak RSS n/a")
         notes.append(
@@ -1301,7 +1357,8 @@ def report(
         f"update per report. `geoincident worker` is timed through its `/stats` totals, polled "
         f"every 50 ms, from the first poll that shows processed reports to the first that shows "
         f"N; it runs the full semantics (DLQ, incidents produced, checkpoints in a Faust table, "
-        f"commits).\n\n"
+        f"commits). Where the detector runs, the notes give the share of reports accepted and "
+        f"rejected (to the DLQ, with the reasons).\n\n"
     )
     lines = [f"## Worker throughput\n\n{intro}{table}\n"]
     write_section(Path(args.output), "## Worker throughput", lines[0])

@@ -281,3 +281,20 @@ def test_every_dispatcher_action_has_its_effect(bootstrap, city, worker_factory)
     )
     metrics = worker.text("/metrics")
     assert 'geoincident_actions_total{action="ack",outcome="applied"} 1.0' in metrics
+
+
+def test_the_rocksdb_store_keeps_the_checkpoint_across_a_restart(bootstrap, city, worker_factory):
+    lines, replayed = city
+    worker = worker_factory(GEOINCIDENT_WORKER__STORE="rocksdb")
+    produce(bootstrap, worker.names["reports"], lines[:200])
+    worker.start()
+    worker.wait_until(lambda: worker.processed() == 200)
+    time.sleep(1.5)
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait(timeout=10)
+    produce(bootstrap, worker.names["reports"], lines[200:])
+    worker.start()
+    worker.wait_until(lambda: worker.processed() == len(lines), timeout_s=120)
+    assert "event=checkpoint_restored" in worker.tail(10_000)
+    got = {e["incident_id"] for e in opened_of(consume(bootstrap, worker.names["incidents"]))}
+    assert got == {e["incident_id"] for e in replayed if e["event"] == "opened"}
