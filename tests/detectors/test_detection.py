@@ -1,4 +1,4 @@
-"""Detection semantics (DESIGN.md): what counts as agreement, and the decoys that must not."""
+"""Detection semantics (docs/design.md): what counts as agreement, and the decoys that must not."""
 
 import random
 
