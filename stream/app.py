@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
+import threading
 import time
 import zlib
 from typing import Any
@@ -211,7 +213,7 @@ class Worker:
                 **kafka_client_options(self.settings),
             )
         )
-        worker = faust.Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+        worker = _Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
         worker.execute_from_commandline()
 
     def _credentials(self) -> Any:
@@ -460,5 +462,30 @@ class Worker:
             await consumer.stop()
 
 
-def _ms(timestamp: float | None) -> int:
-    return int(timestamp * 1000) if timestamp else now_ms()
+SHUTDOWN_GRACE_S = 15.0
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, with a deadline on the graceful stop.
+
+    With the broker gone, the final commit and producer flush can wait forever; a service
+    manager would then have to kill -9 it. After SHUTDOWN_GRACE_S the process exits (code 1)
+    on its own, with a log line; at-least-once processing makes that safe.
+    """
+
+    def _arm_deadline(self) -> None:
+        def expire() -> None:
+            log.error(logfmt("shutdown_deadline", seconds=SHUTDOWN_GRACE_S))
+            os._exit(1)
+
+        timer = threading.Timer(SHUTDOWN_GRACE_S, expire)
+        timer.daemon = True
+        timer.start()
+
+    def _on_sigterm(self) -> None:
+        self._arm_deadline()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._arm_deadline()
+        super()._on_sigint()

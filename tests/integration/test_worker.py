@@ -298,3 +298,25 @@ def test_the_rocksdb_store_keeps_the_checkpoint_across_a_restart(bootstrap, city
     assert "event=checkpoint_restored" in worker.tail(10_000)
     got = {e["incident_id"] for e in opened_of(consume(bootstrap, worker.names["incidents"]))}
     assert got == {e["incident_id"] for e in replayed if e["event"] == "opened"}
+
+
+def test_a_broker_outage_is_survived_and_sigterm_still_stops_the_worker(city, topic_name, tmp_path):
+    from geoincident.stream.broker import EmbeddedBroker
+
+    lines, _ = city
+    with EmbeddedBroker(log_path=tmp_path / "own-broker.log") as own:
+        names = topic_names(topic_name)
+        create_topics(own.bootstrap, names)
+        worker = WorkerProcess(own.bootstrap, names, tmp_path)
+        produce(own.bootstrap, names["reports"], lines[:100])
+        worker.start()
+        try:
+            worker.wait_until(lambda: worker.processed() == 100)
+            own.stop()  # the broker goes away under the running worker
+            time.sleep(8)
+            assert worker.process.poll() is None, "the worker died with its broker"
+            assert worker.get("/health")[0] == 200
+            worker.process.send_signal(signal.SIGTERM)
+            worker.process.wait(timeout=30)  # graceful, or the shutdown deadline (15 s)
+        finally:
+            worker.stop()
