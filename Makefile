@@ -32,9 +32,15 @@ lint: $(STAMP)
 bench-replay: $(STAMP)
 	$(BIN)/python benchmarks/replay.py
 
+## bench: worker throughput (raw aiokafka, Faust, Quix Streams, the worker) and detection latency
+##        on an embedded broker; writes docs/benchmarks.md. Quix runs from .venv-bench, built on
+##        first use. Quick run: make bench BENCH_ARGS="--reports 20000 --paced-seconds 10"
+bench: $(STAMP)
+	$(BIN)/python benchmarks/worker.py $(BENCH_ARGS)
+
 ## quality: simulate -> replay -> evaluate over 5 seeds, beside the naive baseline (docs/quality.md)
 quality: $(STAMP)
 	$(BIN)/python benchmarks/quality.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .venv-bench .pytest_cache .hypothesis build *.egg-info

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         commit_interval=1.0,
         loglevel="WARNING",
         use_changelog_topics=False,
-        # librdkafka's group join on Tansu takes ~30 s with the defaults (BROKER.md).
+        # librdkafka's group join on Tansu takes ~30 s with the defaults.
         consumer_extra_config={
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 1000,

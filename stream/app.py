@@ -232,6 +232,7 @@ class Worker:
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.topics.reports)
+        self.core.assigned(mine, now_ms())
         log.info(logfmt("partitions_assigned", partitions=",".join(map(str, mine)) or "none"))
 
     # ------------------------------------------------------------------ processing
@@ -240,6 +241,8 @@ class Worker:
         await self.ensure_restored()
         current = now_ms()
         clock = self.core.partitions.get(partition)
+        if clock is not None and not clock.started:
+            clock = None  # assigned, nothing processed yet: the group's position is the truth
         if clock is not None and records[0][0] < clock.next_offset:
             # Already inside the restored checkpoint: processed and produced before the stop.
             records = [r for r in records if r[0] >= clock.next_offset]

@@ -61,6 +61,9 @@ class PartitionClock:
     max_ts_ms: int | None = None
     last_arrival_wall_ms: int = 0
     next_offset: int = 0
+    # False until a record of this partition was processed (or restored from a checkpoint):
+    # only then does `next_offset` say where processing stands.
+    started: bool = False
     # (first offset of a batch, max event time after it): a report at or before a batch whose
     # running max is older than the windows' start cannot be in state any more, so a restart
     # reads again from the first batch whose running max reaches it.
@@ -98,6 +101,7 @@ class WorkerCore:
         self.checkpoint_seq = 0
         self._lateness_ms = params.allowed_lateness_ms
         self._window_ms = params.max_window_ms
+        self.empty_partition_hold_ms = max(10_000, self._lateness_ms)
 
     # ------------------------------------------------------------------ reports
 
@@ -163,6 +167,7 @@ class WorkerCore:
             return out
         clock.last_arrival_wall_ms = now_ms
         clock.next_offset = last_offset + 1
+        clock.started = True
         if clock.max_ts_ms is not None:
             clock.marks.append((first_offset, clock.max_ts_ms))
         self._emit(out, detector.advance(self.watermark_ms(now_ms)), now_ms)
@@ -215,6 +220,11 @@ class WorkerCore:
         lowest = None
         for clock in self.partitions.values():
             if clock.max_ts_ms is None:
+                # Assigned but nothing from it yet: hold event time for a while, or reading a
+                # backlog would let the first partition's batch make the others "too late".
+                # A partition still silent after the hold is empty or idle and is left out.
+                if now_ms - clock.last_arrival_wall_ms < self.empty_partition_hold_ms:
+                    return -(2**62)
                 continue
             seen = clock.max_ts_ms
             if self.idle_advance:
@@ -224,6 +234,12 @@ class WorkerCore:
         if lowest is None:
             return -(2**62)
         return lowest - self._lateness_ms
+
+    def assigned(self, partitions: Iterable[int], now_ms: int) -> None:
+        """The group gave us these partitions; event time waits to hear from each of them."""
+        for partition in partitions:
+            if partition not in self.partitions:
+                self.partitions[partition] = PartitionClock(last_arrival_wall_ms=now_ms)
 
     def tick(self, now_ms: int) -> Outputs:
         """Called every second or so: idle partitions move event time on."""
@@ -288,6 +304,7 @@ class WorkerCore:
                     "marks": list(clock.marks),
                 }
                 for partition, clock in self.partitions.items()
+                if clock.started
             },
         }
 
@@ -302,6 +319,7 @@ class WorkerCore:
                 max_ts_ms=saved["max_ts_ms"],
                 last_arrival_wall_ms=now_ms,
                 next_offset=saved["next_offset"],
+                started=True,
             )
             clock.marks.extend(tuple(mark) for mark in saved["marks"])
             self.partitions[int(partition)] = clock

@@ -1,0 +1,45 @@
+"""The worker's shell around the detector, without Kafka: watermarks across partitions."""
+
+import orjson
+
+from geoincident.detectors import DetectorParams
+from geoincident.stream.runtime import WorkerCore
+from tests.builders import MINUTE_MS, T0_MS, report, ring
+
+NOW_MS = T0_MS + 24 * 60 * MINUTE_MS
+
+
+def _value(r) -> bytes:
+    return orjson.dumps(
+        {"id": r.id, "ts": r.ts_ms, "lat": r.lat, "lon": r.lon, "reporter": r.reporter,
+         "category": r.category}
+    )
+
+
+def _records(reports, start_offset=0):
+    return [(start_offset + n, _value(r), NOW_MS) for n, r in enumerate(reports)]
+
+
+def test_a_backlog_on_one_partition_does_not_make_the_other_too_late():
+    core = WorkerCore(DetectorParams(), "reports")
+    core.assigned([0, 1], NOW_MS)
+    late_half = ring(5, 40, prefix="a")  # 09:00-09:04
+    busy = [report(f"b{n}", 10 + n, 47.7, -122.2) for n in range(120)]  # two hours later
+    first = core.on_reports(1, _records(busy), NOW_MS)
+    second = core.on_reports(0, _records(late_half), NOW_MS + 500)
+    rejected = first.rejections + second.rejections
+    assert rejected == {}, rejected
+    assert core.totals["accepted"] == 125
+    out = core.tick(NOW_MS + 500 + 121_000)  # partition 0 idle for the lateness bound
+    opened = [e for e in first.incidents + second.incidents + out.incidents if e.event == "opened"]
+    assert len(opened) == 1
+
+
+def test_a_silent_partition_holds_event_time_only_for_a_while():
+    core = WorkerCore(DetectorParams(), "reports")
+    core.assigned([0, 1], NOW_MS)
+    core.on_reports(0, _records(ring(5, 40)), NOW_MS)
+    assert core.watermark_ms(NOW_MS + 1_000) < 0  # partition 1 may still bring older reports
+    later = NOW_MS + core.empty_partition_hold_ms + 1
+    assert core.watermark_ms(later) > T0_MS
+    assert [e.event for e in core.tick(later).incidents] == ["opened"]
