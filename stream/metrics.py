@@ -28,6 +28,8 @@ from prometheus_client import (
 )
 
 from geoincident import __version__
+from geoincident.detectors.actions import ACTIONS as CONTRACT_ACTIONS
+from geoincident.detectors.report import REASONS
 
 __all__ = [
     "ACTIONS",
@@ -45,23 +47,12 @@ __all__ = [
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 REPORT_OUTCOMES: tuple[str, ...] = ("accepted", "rejected", "duplicate", "unclassified")
-# The data contract's rejection reasons (§1, "Bad input").
-REJECT_REASONS: tuple[str, ...] = (
-    "too_large",
-    "invalid_utf8",
-    "invalid_json",
-    "not_an_object",
-    "missing_field",
-    "bad_type",
-    "bad_coordinates",
-    "bad_timestamp",
-    "future_timestamp",
-    "too_late",
-)
+# The data contract's rejection reasons (§1, "Bad input"), as the validator names them.
+REJECT_REASONS: tuple[str, ...] = REASONS
 INCIDENT_EVENTS: tuple[str, ...] = ("opened", "updated", "resolved")
 INCIDENT_KINDS: tuple[str, ...] = ("local", "surge")
 # The data contract's dispatcher actions (§3).
-ACTIONS: tuple[str, ...] = ("ack", "assign", "resolve", "reopen", "flag_report", "block")
+ACTIONS: tuple[str, ...] = CONTRACT_ACTIONS
 # applied: took effect; unknown_incident: answered on the actions DLQ (data contract §3);
 # invalid: not a well-formed action, also DLQ.
 ACTION_OUTCOMES: tuple[str, ...] = ("applied", "unknown_incident", "invalid")
