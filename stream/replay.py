@@ -67,7 +67,6 @@ def replay(
     detector: Detector,
     on_event: Callable[[IncidentEvent], None],
     on_reject: Callable[[bytes, Rejection, int], None],
-    source_name: str = "-",
     progress: Callable[[int], None] | None = None,
 ) -> ReplaySummary:
     """Feed every line to the detector; events and rejections go to the callbacks."""
@@ -100,7 +99,6 @@ def replay(
     summary.accepted = counts[ACCEPTED]
     summary.duplicate = counts[DUPLICATE]
     summary.unclassified = counts[UNCLASSIFIED_OUTCOME]
-    del source_name
     return summary
 
 
@@ -126,4 +124,4 @@ def replay_files(
         )
         write_dlq(orjson.dumps(record) + b"\n")
 
-    return replay(read_lines(input_stream), detector, on_event, on_reject, source_name, progress)
+    return replay(read_lines(input_stream), detector, on_event, on_reject, progress)
