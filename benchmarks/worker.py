@@ -179,6 +179,8 @@ async def _child_raw(args: argparse.Namespace) -> None:
         from geoincident.stream.runtime import WorkerCore
 
         core = WorkerCore(load_settings().detector_params(), args.topic)
+        # as the worker does on assignment: event time waits to hear from every partition
+        core.assigned(range(args.partitions), time.time_ns() // 1_000_000)
         outcomes = core.totals
         reasons: Counter[str] = Counter()
 
