@@ -22,6 +22,11 @@ PINNED_SOURCES = {
     "_wait_next_records": (faust_consumer.Consumer._wait_next_records, "6218e1969a636b3f"),
     "getmany": (faust_consumer.Consumer.getmany, "4b168d84882a70d6"),
     "_to_message": (faust_aiokafka.Consumer._to_message, "7c24f6511b2fcef7"),
+    "_new_consumer_thread": (faust_aiokafka.Consumer._new_consumer_thread, "0870ec53dea75083"),
+    "_create_worker_consumer": (
+        faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer,
+        "c2701bfc3e6f6cad",
+    ),
 }
 
 
@@ -44,6 +49,13 @@ def test_the_consumer_state_the_batch_path_uses_still_exists():
         assert hasattr(faust_consumer.Consumer, member) or member in inspect.getsource(
             faust_consumer.Consumer
         ), member
+
+
+def test_aiokafka_still_reads_the_fetch_wait_from_where_it_is_set():
+    from aiokafka.consumer.consumer import AIOKafkaConsumer
+
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
+    assert version("aiokafka") == "0.14.0"
 
 
 def test_the_batching_consumer_is_the_aiokafka_driver_consumer():

@@ -11,8 +11,14 @@ NOW_MS = T0_MS + 24 * 60 * MINUTE_MS
 
 def _value(r) -> bytes:
     return orjson.dumps(
-        {"id": r.id, "ts": r.ts_ms, "lat": r.lat, "lon": r.lon, "reporter": r.reporter,
-         "category": r.category}
+        {
+            "id": r.id,
+            "ts": r.ts_ms,
+            "lat": r.lat,
+            "lon": r.lon,
+            "reporter": r.reporter,
+            "category": r.category,
+        }
     )
 
 
