@@ -188,17 +188,6 @@ class Worker:
         app.on_partitions_assigned.connect(self._on_assigned)
         return app
 
-    def topic_partitions(self) -> dict[str, int]:
-        topics = self.settings.topics
-        n = topics.partitions
-        return {
-            topics.reports: n,
-            topics.incidents: n,
-            topics.reports_dlq: n,
-            topics.actions: n,
-            topics.actions_dlq: n,
-        }
-
     def run(self, loglevel: str = "info") -> None:
         """Create missing topics, then run until SIGINT/SIGTERM (Faust's worker handles them:
         agents stop, offsets are committed, the producer is flushed)."""
@@ -207,7 +196,7 @@ class Worker:
         asyncio.run(
             ensure_topics(
                 self.settings.kafka.brokers,
-                self.topic_partitions(),
+                self.settings.topic_partitions(),
                 replication_factor=self.settings.topics.replication_factor,
                 timeout_s=60.0,
                 **kafka_client_options(self.settings),

@@ -172,6 +172,12 @@ class Settings(BaseSettings):
         # Highest first: command-line flags (init values), the environment, the TOML file.
         return (init_settings, env_settings, _FileSource(settings_cls))
 
+    def topic_partitions(self) -> dict[str, int]:
+        """Every topic the worker reads or writes, with the configured partition count."""
+        topics = self.topics
+        names = (topics.reports, topics.incidents, topics.reports_dlq, topics.actions)
+        return {name: topics.partitions for name in (*names, topics.actions_dlq)}
+
     def detector_params(self) -> DetectorParams:
         detection = self.detection
         defaults = CategoryParams(detection.threshold, detection.window_s, detection.radius_m)

@@ -71,19 +71,7 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
             broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
             brokers = broker.bootstrap
         topics = settings.topics
-        partitions = topics.partitions
-        asyncio.run(
-            ensure_topics(
-                brokers,
-                {
-                    topics.reports: partitions,
-                    topics.incidents: partitions,
-                    topics.reports_dlq: partitions,
-                    topics.actions: partitions,
-                    topics.actions_dlq: partitions,
-                },
-            )
-        )
+        asyncio.run(ensure_topics(brokers, settings.topic_partitions()))
         web_port = free_tcp_port()
         env = dict(os.environ)
         env.update(
