@@ -29,7 +29,6 @@ from geoincident.detectors.report import Report
 from geoincident.detectors.surge import SurgeDetector
 from geoincident.detectors.taxonomy import UNCLASSIFIED
 from geoincident.detectors.timefmt import format_ms, parse_rfc3339_ms
-from geoincident.geo.cells import index_resolution_for_radius
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -48,16 +47,15 @@ class Detector:
 
     def __init__(self, params: DetectorParams | None = None, self_advancing: bool = True) -> None:
         self.params = params = params or DetectorParams()
-        self.index = ClusterIndex(
-            index_resolution_for_radius(params.max_radius_m, params.resolution),
-            params.max_radius_m,
-        )
+        self.index = ClusterIndex(params.max_radius_m)
         self.accuracy = AccuracyWeights(params.default_accuracy_m, params.accuracy_floor_m)
         self.incidents: dict[str, Incident] = {}
         self.blocked_reporters: set[str] = set()
         self.blocked_devices: set[str] = set()
         self.max_ts_ms: int | None = None
         self.watermark_ms: int | None = None
+        # What drain() has processed up to; the watermark may be ahead of it between drains.
+        self._drained_ms: int | None = None
         self.clock_ms: int | None = None
         self.last_outcome = ACCEPTED
         self.counts: dict[str, int] = {
@@ -109,12 +107,17 @@ class Detector:
             window_ms = self._params_of(report.category).window_ms
             if ts_ms < watermark - window_ms:
                 return self._outcome(TOO_LATE)
+            # What the watermark passed goes first, as if it had been drained at once.
+            drained = self.drain()
             self._accept(report)
-            events = self._process(report, late=True)
-            if self._weight(report) > 0:
+            weight = self._weight(report)
+            events = self._process(report, True, weight)
+            if weight > 0:
                 surge_events = self.surge.observe(report)
                 if surge_events:
                     events = [*events, *surge_events]
+            if drained:
+                events = [*drained, *events]
             return events
         self._accept(report)
         heapq.heappush(self._pending, (ts_ms, report.id, report))
@@ -140,7 +143,7 @@ class Detector:
         """End of input: the watermark moves to the latest event time seen."""
         if self.max_ts_ms is None:
             return []
-        events = self._run(self.max_ts_ms)
+        events = list(self._run(self.max_ts_ms))
         # Throttled updates already decided but not yet due are emitted at their due time: no
         # more input can change them, and the output should end with each incident's last state.
         # Quiet resolutions are not: the input ended, it did not fall quiet for an hour.
@@ -165,7 +168,8 @@ class Detector:
             "incidents": self.incidents,
             "timers": list(self._timers),
             "max_ts_ms": self.max_ts_ms,
-            "watermark_ms": self.watermark_ms,
+            # what was processed: reports past it are pending, and rebuilt as pending
+            "watermark_ms": self._drained_ms,
             "clock_ms": self.clock_ms,
             "counts": dict(self.counts),
             "blocked_reporters": sorted(self.blocked_reporters),
@@ -180,7 +184,7 @@ class Detector:
         self._timers = list(snapshot["timers"])
         heapq.heapify(self._timers)
         self.max_ts_ms = snapshot["max_ts_ms"]
-        self.watermark_ms = snapshot["watermark_ms"]
+        self.watermark_ms = self._drained_ms = snapshot["watermark_ms"]
         self.clock_ms = snapshot["clock_ms"]
         self.counts.update(snapshot["counts"])
         self.blocked_reporters = set(snapshot["blocked_reporters"])
@@ -215,7 +219,7 @@ class Detector:
         self._rebuilding = True
         try:
             for report in replayed:
-                self._process(report, late=False)
+                self._process(report, False, self._weight(report))
         finally:
             self._rebuilding = False
 
@@ -285,41 +289,71 @@ class Detector:
         return self._seq
 
     def _run(self, watermark_ms: int) -> list[IncidentEvent]:
-        if self.watermark_ms is not None and watermark_ms <= self.watermark_ms:
+        self.raise_watermark(watermark_ms)
+        return self.drain()
+
+    def raise_watermark(self, watermark_ms: int) -> None:
+        """Move the watermark (never back) without processing yet: `drain` does that. Reports
+        older than the watermark are judged late or too late from now on."""
+        if self.watermark_ms is None or watermark_ms > self.watermark_ms:
+            self.watermark_ms = watermark_ms
+
+    def drain(self) -> list[IncidentEvent]:
+        """Process the reports and timers the watermark has passed, in event-time order.
+
+        Raising the watermark several times and draining once gives the same decisions as
+        draining after each raise: every step ticks the clock to its own time first, and a
+        late report drains before it is processed.
+        """
+        watermark_ms = self.watermark_ms
+        if watermark_ms is None or (
+            self._drained_ms is not None and watermark_ms <= self._drained_ms
+        ):
             return _NO_EVENTS
-        self.watermark_ms = watermark_ms
+        self._drained_ms = watermark_ms
         events: list[IncidentEvent] = []
         pending = self._pending
         timers = self._timers
+        surge = self.surge
+        surge_on = surge.params.enabled
+        heappop = heapq.heappop
+        process = self._process
         while True:
-            next_report = pending[0][0] if pending else None
-            next_timer = timers[0][0] if timers else None
             if (
-                next_timer is not None
-                and next_timer <= watermark_ms
-                and (next_report is None or next_timer <= next_report)
+                timers
+                and timers[0][0] <= watermark_ms
+                and (not pending or timers[0][0] <= pending[0][0])
             ):
-                due_ms, _, kind, incident_id = heapq.heappop(timers)
+                due_ms, _, kind, incident_id = heappop(timers)
                 self._tick(due_ms)
-                events.extend(self.surge.advance(due_ms))
+                if surge_on:
+                    events.extend(surge.advance(due_ms))
                 self._fire(kind, incident_id, due_ms, events)
-            elif next_report is not None and next_report <= watermark_ms:
-                ts_ms, _, report = heapq.heappop(pending)
-                self._tick(ts_ms)
-                surge = self.surge
-                produced = surge.advance(ts_ms)
-                if produced:
-                    events.extend(produced)
-                produced = self._process(report, late=False)
-                if produced:
-                    events.extend(produced)
-                if self._weight(report) > 0:
-                    produced = surge.observe(report)
+            elif pending and pending[0][0] <= watermark_ms:
+                ts_ms, _, report = heappop(pending)
+                if self.clock_ms is None or ts_ms > self.clock_ms:
+                    self._tick(ts_ms)
+                if surge_on:
+                    if surge.clock_ms is None or ts_ms > surge.clock_ms:
+                        produced = surge.advance(ts_ms)
+                        if produced:
+                            events.extend(produced)
+                    weight = self._weight(report)
+                    produced = process(report, False, weight)
+                    if produced:
+                        events.extend(produced)
+                    if weight > 0:
+                        produced = surge.observe(report)
+                        if produced:
+                            events.extend(produced)
+                else:
+                    produced = process(report, False, self._weight(report))
                     if produced:
                         events.extend(produced)
             else:
                 break
-        events.extend(self.surge.advance(watermark_ms))
+        if surge_on:
+            events.extend(surge.advance(watermark_ms))
         if self.clock_ms is None or watermark_ms > self.clock_ms:
             self._tick(watermark_ms)
         return events
@@ -392,9 +426,10 @@ class Detector:
             return 1.0
         return self._source_weights.get(report.source, 1.0)
 
-    def _process(self, report: Report, late: bool) -> list[IncidentEvent]:
-        category_params = self._params_of(report.category)
-        weight = self._weight(report)
+    def _process(self, report: Report, late: bool, weight: float) -> list[IncidentEvent]:
+        category_params = self._category_params.get(report.category) or self._params_of(
+            report.category
+        )
         near = self.index.near(report.category, report.lat, report.lon, category_params.radius_m)
         self._seq += 1
         heapq.heappush(
@@ -577,7 +612,7 @@ class Detector:
         # Quiet is counted again from the reopening, not from the last report.
         incident.last_ts_ms = max(incident.last_ts_ms, at_ms)
         cluster = self._cluster_of.get(incident.incident_id)
-        if cluster is not None and not cluster.index_cell:
+        if cluster is not None and not cluster.indexed:
             cluster.lat, cluster.lon = incident.centre()
             self.index.insert(cluster)
         self._timer(

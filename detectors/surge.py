@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import h3
+from h3.api.basic_int import latlng_to_cell as _latlng_to_cell
 
 from geoincident.detectors.events import KIND_SURGE, OPENED, RESOLVED, UPDATED, IncidentEvent
 from geoincident.detectors.independence import Independence
@@ -75,7 +76,7 @@ PROMOTE_SPAN_MS = 3_600_000
 
 _NO_EVENTS: list[IncidentEvent] = []
 
-Key = tuple[str, str, str]  # (region, category, lang)
+Key = tuple[int, str, str]  # (H3 region as an integer, category, lang)
 # (ts_ms, report id, reporter, device, source): sorts by event time, then id.
 _Entry = tuple[int, str, str, str | None, str | None]
 
@@ -235,11 +236,11 @@ class _KeyState:
         "cooldown_until_ms",
     )
 
-    def __init__(self, region: str, category: str, lang: str, ewma_bucket: int) -> None:
-        self.ident: Key = (region, category, lang)
-        self.region = region
-        self.category = category
-        self.lang = lang
+    def __init__(self, ident: Key, ewma_bucket: int) -> None:
+        self.ident = ident
+        self.region: str = h3.int_to_str(ident[0])
+        self.category = ident[1]
+        self.lang = ident[2]
         self.window: deque[_Entry] = deque()
         self.reporters: dict[str, int] = {}  # reporter -> reports in the window
         self.pending: deque[list[int]] = deque()  # [bucket, count], buckets not yet folded
@@ -276,6 +277,7 @@ class SurgeDetector:
         self._seq = 0
         self._sweep_scheduled = False
         self._window_ms = params.window_ms
+        self._region_resolution = params.region_resolution
         self._window_min = params.window_ms / BUCKET_MS
         self._min_count = params.min_count
         self._decay = 0.5 ** (BUCKET_MS / (params.baseline_half_life_s * 1000.0))
@@ -321,7 +323,7 @@ class SurgeDetector:
             self.origin_bucket = bucket
         entry: _Entry = (ts_ms, report.id, report.reporter, report.device, report.source)
         key_id = (
-            cell_of(report.lat, report.lon, self.params.region_resolution),
+            _latlng_to_cell(report.lat, report.lon, self._region_resolution),
             report.category,
             language_of(report.lang),
         )
@@ -341,7 +343,17 @@ class SurgeDetector:
             for held_entry in sorted(held):
                 self._count(key, held_entry)
         else:
-            self._count(key, entry)
+            # _count, inlined for the common case: in order, in the newest minute
+            window = key.window
+            pending = key.pending
+            if window and entry >= window[-1] and pending and pending[-1][0] == bucket:
+                window.append(entry)
+                reporter = entry[2]
+                reporters = key.reporters
+                reporters[reporter] = reporters.get(reporter, 0) + 1
+                pending[-1][1] += 1
+            else:
+                self._count(key, entry)
         surge = key.surge
         if surge is not None:
             surge.add(entry, self.max_report_ids, track=True)
@@ -499,7 +511,7 @@ class SurgeDetector:
         if key is None:
             assert self.origin_bucket is not None
             # A new key has (implicitly) folded empty minutes since the detector's origin.
-            key = self._keys[key_id] = _KeyState(*key_id, ewma_bucket=self.origin_bucket - 1)
+            key = self._keys[key_id] = _KeyState(key_id, ewma_bucket=self.origin_bucket - 1)
             self._schedule_sweep()
         return key
 

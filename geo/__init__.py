@@ -1,10 +1,9 @@
-"""Pure geometry: H3 indexing, distances, disks, centroids, geofences. No Kafka, no clock."""
+"""Pure geometry: H3 cells, a distance grid, distances, centroids, geofences. No Kafka, no clock."""
 
 from geoincident.geo.cells import (
     cell_of,
     covering_polygon,
     disk_k_for_radius,
-    index_resolution_for_radius,
     neighbourhood,
     region_polygon,
 )
@@ -17,9 +16,11 @@ from geoincident.geo.distance import (
     weighted_centroid,
 )
 from geoincident.geo.fences import GeofenceError, Geofences
+from geoincident.geo.grid import DistanceGrid
 
 __all__ = [
     "EARTH_RADIUS_M",
+    "DistanceGrid",
     "GeofenceError",
     "Geofences",
     "WeightedCentroid",
@@ -29,7 +30,6 @@ __all__ = [
     "destination",
     "disk_k_for_radius",
     "haversine_m",
-    "index_resolution_for_radius",
     "neighbourhood",
     "region_polygon",
     "weighted_centroid",

@@ -9,7 +9,6 @@ import h3
 import shapely
 from shapely.geometry import MultiPoint, mapping
 
-MIN_RESOLUTION = 0
 MAX_RESOLUTION = 15
 
 # H3 hexagons are not all the same size: edges shrink towards the icosahedron's vertices.
@@ -40,18 +39,6 @@ def disk_k_for_radius(radius_m: float, resolution: int) -> int:
         raise ValueError("radius_m must be >= 0")
     width_m = math.sqrt(3.0) * min_edge_m(resolution)
     return 1 + int(radius_m // width_m)
-
-
-def index_resolution_for_radius(radius_m: float, finest: int) -> int:
-    """The finest resolution <= `finest` at which a k = 1 disk covers radius_m.
-
-    Looking up 7 cells is far cheaper than looking up a k = 4 disk of 61 cells, so clusters are
-    indexed at this coarser resolution; outputs still use the configured one.
-    """
-    for res in range(finest, MIN_RESOLUTION - 1, -1):
-        if disk_k_for_radius(radius_m, res) == 1:
-            return res
-    return MIN_RESOLUTION
 
 
 def neighbourhood(cell: str, k: int) -> list[str]:

@@ -123,8 +123,16 @@ class WorkerCore:
         taxonomy = self.params.taxonomy
         tolerance_ms = self.future_tolerance_ms
         arrivals = self._arrivals
+        outcomes = out.outcomes
         last_offset = first_offset = None
         clock.last_arrival_wall_ms = now_ms
+        # Within one batch the other partitions' event time stands still (same wall clock), so
+        # the watermark moves with this partition's max alone: raised per report, as a replay
+        # does (what is too late must not depend on how the broker cut the batches), and the
+        # windows are processed once, at the end of the batch.
+        others = self._lowest_other(partition, now_ms)
+        lateness_ms = self._lateness_ms
+        max_ts_ms = clock.max_ts_ms
         for offset, value, timestamp_ms in records:
             if first_offset is None:
                 first_offset = offset
@@ -150,19 +158,17 @@ class WorkerCore:
                     now_ms,
                 )
                 continue
-            out.outcomes[outcome] += 1
+            outcomes[outcome] += 1
             if events:
                 self._emit(out, events, now_ms)
             if outcome is ACCEPTED:
                 arrivals[report.id] = timestamp_ms  # type: ignore[union-attr]
                 ts_ms = report.ts_ms  # type: ignore[union-attr]
-                if clock.max_ts_ms is None or ts_ms > clock.max_ts_ms:
-                    clock.max_ts_ms = ts_ms
-                    # Event time moves per report, as in a replay, not per fetched batch: what
-                    # is too late must not depend on how the broker cut the batches.
-                    events = detector.advance(self.watermark_ms(now_ms))
-                    if events:
-                        self._emit(out, events, now_ms)
+                if max_ts_ms is None or ts_ms > max_ts_ms:
+                    max_ts_ms = clock.max_ts_ms = ts_ms
+                    if others is not None:
+                        lowest = ts_ms if others > ts_ms else others
+                        detector.raise_watermark(lowest - lateness_ms)
         if last_offset is None:
             return out
         clock.last_arrival_wall_ms = now_ms
@@ -175,6 +181,24 @@ class WorkerCore:
         if silent:
             return Outputs(outcomes=out.outcomes, rejections=out.rejections)
         return out
+
+    def _lowest_other(self, partition: int, now_ms: int) -> int | None:
+        """The lowest event time of the other partitions (idle advance included), or a huge
+        number when there are none; None while one of them holds event time back."""
+        lowest = 2**62
+        for number, clock in self.partitions.items():
+            if number == partition:
+                continue
+            if clock.max_ts_ms is None:
+                if now_ms - clock.last_arrival_wall_ms < self.empty_partition_hold_ms:
+                    return None
+                continue
+            seen = clock.max_ts_ms
+            if self.idle_advance:
+                seen += max(0, now_ms - clock.last_arrival_wall_ms)
+            if seen < lowest:
+                lowest = seen
+        return lowest
 
     def _reject(
         self,

@@ -12,7 +12,6 @@ from geoincident.geo import (
     destination,
     disk_k_for_radius,
     haversine_m,
-    index_resolution_for_radius,
     weighted_centroid,
 )
 
@@ -42,12 +41,6 @@ def test_disk_of_k_holds_every_point_within_the_radius(resolution, lat, lon, bea
     other = destination(lat, lon, bearing, radius_m * fraction)
     disk = set(h3.grid_disk(cell_of(lat, lon, resolution), k))
     assert cell_of(*other, resolution) in disk
-
-
-def test_index_resolution_is_the_finest_with_a_one_ring_disk():
-    res = index_resolution_for_radius(250.0, 10)
-    assert disk_k_for_radius(250.0, res) == 1
-    assert disk_k_for_radius(250.0, res + 1) > 1
 
 
 def test_weighted_centroid_leans_to_the_heavier_point():

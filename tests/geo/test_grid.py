@@ -1,0 +1,67 @@
+"""The distance grid: every point within the width of another is in its 3 x 3 neighbourhood."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from geoincident.geo.distance import destination, haversine_m
+from geoincident.geo.grid import DistanceGrid
+
+latitudes = st.one_of(
+    st.floats(-90.0, 90.0),
+    st.floats(89.0, 90.0),  # near the poles, where rows have few columns
+    st.floats(-90.0, -89.0),
+)
+longitudes = st.one_of(st.floats(-180.0, 180.0), st.floats(179.0, 180.0), st.floats(-180.0, -179.0))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    lat=latitudes,
+    lon=longitudes,
+    width=st.sampled_from([25.0, 250.0, 1000.0, 20_000.0]),
+    fraction=st.floats(0.0, 1.0),
+    bearing=st.floats(0.0, 360.0),
+)
+def test_a_point_within_the_width_is_in_the_neighbourhood(lat, lon, width, fraction, bearing):
+    grid = DistanceGrid(width)
+    other_lat, other_lon = destination(lat, lon, bearing, width * fraction)
+    assert haversine_m(lat, lon, other_lat, other_lon) <= width * 1.000001
+    assert grid.box(other_lat, other_lon) in grid.neighbourhood(lat, lon)
+
+
+def test_edges_of_rows_and_columns_and_the_antimeridian():
+    grid = DistanceGrid(250.0)
+    step = grid.lat_step
+    # straddling a row edge: the two points are metres apart in adjacent rows
+    lat = 10 * step
+    a, b = (lat - 1e-6, 5.0), (lat + 1e-6, 5.0)
+    assert grid.box(*a) != grid.box(*b)
+    assert grid.box(*b) in grid.neighbourhood(*a)
+    # straddling the antimeridian
+    east, west = (47.0, 179.99999), (47.0, -179.99999)
+    assert haversine_m(*east, *west) < 5
+    assert grid.box(*west) in grid.neighbourhood(*east)
+    assert grid.box(*east) in grid.neighbourhood(*west)
+    # a pole is one box per row
+    assert grid.columns(math.floor(90.0 / step))[1] == 1
+
+
+def test_boxes_are_about_the_width_wide_at_mid_latitudes():
+    """Not needlessly coarse: the neighbourhood of a 250 m grid is ~750 m across."""
+    grid = DistanceGrid(250.0)
+    lat = 47.6
+    row = math.floor(lat / grid.lat_step)
+    width_deg, _ = grid.columns(row)
+    metres = haversine_m(lat, 0.0, lat, width_deg)
+    assert 250.0 <= metres < 260.0
+    assert haversine_m(lat, 0.0, lat + grid.lat_step, 0.0) == pytest.approx(250.25, rel=1e-3)
+
+
+def test_a_width_must_be_positive():
+    with pytest.raises(ValueError, match="width"):
+        DistanceGrid(0.0)
