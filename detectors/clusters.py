@@ -215,15 +215,14 @@ class ClusterIndex:
         boxes = self._boxes.get(category)
         if not boxes:
             return []
+        candidates = self._rows.gather(boxes, lat, lon)
+        if not candidates:
+            return []
         found: list[tuple[float, Cluster]] = []
-        for box in self._rows.neighbourhood(lat, lon):
-            bucket = boxes.get(box)
-            if bucket is None:
-                continue
-            for cluster in bucket:
-                distance = haversine_m(lat, lon, cluster.lat, cluster.lon)
-                if distance <= radius_m:
-                    found.append((distance, cluster))
+        for cluster in candidates:
+            distance = haversine_m(lat, lon, cluster.lat, cluster.lon)
+            if distance <= radius_m:
+                found.append((distance, cluster))
         return found
 
     def active_cells(self) -> int:

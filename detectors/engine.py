@@ -119,7 +119,9 @@ class Detector:
             if drained:
                 events = [*drained, *events]
             return events
-        self._accept(report)
+        self.last_outcome = ACCEPTED
+        self.counts[ACCEPTED] += 1
+        self._seen[report.id] = None
         heapq.heappush(self._pending, (ts_ms, report.id, report))
         if self.max_ts_ms is None or ts_ms > self.max_ts_ms:
             self.max_ts_ms = ts_ms
@@ -318,6 +320,9 @@ class Detector:
         surge_on = surge.params.enabled
         heappop = heapq.heappop
         process = self._process
+        expiry = self._expiry
+        blocking = bool(self.blocked_reporters or self.blocked_devices)
+        source_weights = self._source_weights
         while True:
             if (
                 timers
@@ -332,13 +337,18 @@ class Detector:
             elif pending and pending[0][0] <= watermark_ms:
                 ts_ms, _, report = heappop(pending)
                 if self.clock_ms is None or ts_ms > self.clock_ms:
-                    self._tick(ts_ms)
+                    if expiry and expiry[0][0] < ts_ms:
+                        self._tick(ts_ms)
+                    else:
+                        self.clock_ms = ts_ms
                 if surge_on:
-                    if surge.clock_ms is None or ts_ms > surge.clock_ms:
-                        produced = surge.advance(ts_ms)
-                        if produced:
-                            events.extend(produced)
-                    weight = self._weight(report)
+                    if surge.due_by(ts_ms):
+                        events.extend(surge.advance(ts_ms))
+                    if blocking:
+                        weight = self._weight(report)
+                    else:
+                        source = report.source
+                        weight = 1.0 if source is None else source_weights.get(source, 1.0)
                     produced = process(report, False, weight)
                     if produced:
                         events.extend(produced)
@@ -366,23 +376,31 @@ class Detector:
         expiry = self._expiry
         if not expiry or expiry[0][0] >= now_ms:
             return
-        touched: dict[int, Cluster] = {}
+        touched: dict[int, Cluster] | None = None
+        heappop = heapq.heappop
+        seen = self._seen
+        index = self.index
         while expiry and expiry[0][0] < now_ms:
-            _, _, report_id = heapq.heappop(expiry)
-            cluster = self._seen.pop(report_id, None)
+            report_id = heappop(expiry)[2]
+            cluster = seen.pop(report_id, None)
             if cluster is None:
                 continue
-            if len(cluster.members) == 1 and cluster.incident is None:
+            members = cluster.members
+            if len(members) == 1 and cluster.incident is None:
                 # the common case: a lone report that found no company in its window
-                cluster.members.clear()
-                self.index.remove(cluster)
+                members.clear()
+                index.remove(cluster)
                 continue
-            for member in cluster.members:
+            for member in members:
                 if member.id == report_id:
                     cluster.remove(member)
                     break
             if cluster.incident is None:
+                if touched is None:
+                    touched = {}
                 touched[id(cluster)] = cluster
+        if touched is None:
+            return
         for cluster in touched.values():
             if cluster.members:
                 cluster.rebuild(self.accuracy)
@@ -427,10 +445,9 @@ class Detector:
         return self._source_weights.get(report.source, 1.0)
 
     def _process(self, report: Report, late: bool, weight: float) -> list[IncidentEvent]:
-        category_params = self._category_params.get(report.category) or self._params_of(
-            report.category
-        )
-        near = self.index.near(report.category, report.lat, report.lon, category_params.radius_m)
+        category = report.category
+        category_params = self._category_params.get(category) or self._params_of(category)
+        near = self.index.near(category, report.lat, report.lon, category_params.radius_m)
         self._seq += 1
         heapq.heappush(
             self._expiry, (report.ts_ms + category_params.window_ms, self._seq, report.id)

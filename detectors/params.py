@@ -17,10 +17,11 @@ class CategoryParams:
     threshold: float = 5.0
     window_s: float = 900.0
     radius_m: float = 250.0
+    # derived, read for every report: a plain attribute rather than a property
+    window_ms: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def window_ms(self) -> int:
-        return int(self.window_s * 1000)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window_ms", int(self.window_s * 1000))
 
 
 @dataclass(frozen=True, slots=True)

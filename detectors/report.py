@@ -115,22 +115,23 @@ def parse_report(raw: bytes, taxonomy: Taxonomy) -> Report | Rejection:
         wire = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _diagnose(raw, str(exc))
-    problem = _coordinates_problem(wire.lat, wire.lon)
-    if problem is not None:
-        return Rejection("bad_coordinates", problem)
+    lat = wire.lat
+    lon = wire.lon
+    # NaN fails every comparison, so the plain range test sends it to the named check too
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0) or (lat == 0.0 and lon == 0.0):
+        return Rejection("bad_coordinates", _coordinates_problem(lat, lon) or "bad coordinates")
     ts = wire.ts
     if type(ts) is int:
         ts_ms = ts
     else:
         ts_ms = datetime_to_ms(ts)  # type: ignore[arg-type]
-    problem = _epoch_problem(ts_ms)
-    if problem is not None:
-        return Rejection("bad_timestamp", problem)
+    if not MIN_EPOCH_MS <= ts_ms <= MAX_EPOCH_MS:
+        return Rejection("bad_timestamp", _epoch_problem(ts_ms) or "bad timestamp")
     return Report(
         id=wire.id,
         ts_ms=ts_ms,
-        lat=wire.lat,
-        lon=wire.lon,
+        lat=lat,
+        lon=lon,
         reporter=wire.reporter,
         category=taxonomy.resolve(wire.category, wire.tags, wire.text),
         source=wire.source,

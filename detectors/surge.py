@@ -378,6 +378,12 @@ class SurgeDetector:
             events.extend(self.observe(report))
         return events
 
+    def due_by(self, ts_ms: int) -> bool:
+        """Whether a timer falls due by `ts_ms`: only then must `advance` run before a report
+        of that time is observed (observe moves the clock itself)."""
+        timers = self._timers
+        return bool(timers) and timers[0][0] <= ts_ms
+
     def advance(self, watermark_ms: int) -> list[IncidentEvent]:
         """Move event time forward (never back), firing checks and updates due by then."""
         if not self.params.enabled:
@@ -599,7 +605,8 @@ class SurgeDetector:
         self, key: _KeyState, now_ms: int, trigger: str, events: list[IncidentEvent]
     ) -> None:
         params = self.params
-        count, _, estimate, ratio = self._measure(key, now_ms)
+        # The cheap refusals first; measuring folds buckets and trims the window, which any
+        # later measurement does the same way (the baseline is computed in closed form).
         if key.cooldown_until_ms is not None:
             if now_ms < key.cooldown_until_ms:
                 return
@@ -607,6 +614,7 @@ class SurgeDetector:
         assert self.origin_bucket is not None
         if now_ms - self.origin_bucket * BUCKET_MS < self._warmup_ms:
             return
+        count, _, estimate, ratio = self._measure(key, now_ms)
         if estimate is None:
             return
         if count < params.min_count or ratio < params.min_ratio:

@@ -72,3 +72,33 @@ class DistanceGrid:
             else:
                 boxes.extend(base + c for c in range(count))
         return boxes
+
+    def gather(self, boxes: dict[int, list], lat: float, lon: float) -> list:
+        """The non-empty entries of `boxes` (box -> list) in the neighbourhood of (lat, lon),
+        concatenated: the same as probing `neighbourhood`, without building it (the hot path
+        of every report)."""
+        row = math.floor(lat / self.lat_step)
+        columns = self._columns
+        shifted = lon + 180.0
+        found: list = []
+        get = boxes.get
+        for r in (row - 1, row, row + 1):
+            width, count = columns.get(r) or self.columns(r)
+            col = math.floor(shifted / width) % count
+            base = r * _ROW_SPAN
+            if count >= 3:
+                bucket = get(base + col)
+                if bucket:
+                    found += bucket
+                bucket = get(base + (col - 1 if col else count - 1))
+                if bucket:
+                    found += bucket
+                bucket = get(base + (col + 1 if col + 1 < count else 0))
+                if bucket:
+                    found += bucket
+            else:
+                for c in range(count):
+                    bucket = get(base + c)
+                    if bucket:
+                        found += bucket
+        return found

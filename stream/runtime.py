@@ -142,10 +142,11 @@ class WorkerCore:
                 self._reject(out, value, parsed, partition, offset, now_ms)
                 continue
             report = parsed
-            problem = future_problem(report, now_ms, tolerance_ms)  # type: ignore[arg-type]
-            if problem is not None:
-                self._reject(out, value, problem, partition, offset, now_ms)
-                continue
+            if report.ts_ms > now_ms + tolerance_ms:  # type: ignore[union-attr]
+                problem = future_problem(report, now_ms, tolerance_ms)  # type: ignore[arg-type]
+                if problem is not None:
+                    self._reject(out, value, problem, partition, offset, now_ms)
+                    continue
             events = detector.observe(report)  # type: ignore[arg-type]
             outcome = detector.last_outcome
             if outcome is TOO_LATE:

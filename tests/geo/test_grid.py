@@ -65,3 +65,18 @@ def test_boxes_are_about_the_width_wide_at_mid_latitudes():
 def test_a_width_must_be_positive():
     with pytest.raises(ValueError, match="width"):
         DistanceGrid(0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    points=st.lists(st.tuples(st.floats(47.0, 47.05), st.floats(-122.05, -122.0)), max_size=40),
+    lat=st.floats(47.0, 47.05),
+    lon=st.floats(-122.05, -122.0),
+)
+def test_gather_finds_what_probing_the_neighbourhood_finds(points, lat, lon):
+    grid = DistanceGrid(250.0)
+    boxes: dict[int, list] = {}
+    for point in points:
+        boxes.setdefault(grid.box(*point), []).append(point)
+    probed = sorted(p for box in grid.neighbourhood(lat, lon) for p in boxes.get(box, []))
+    assert sorted(grid.gather(boxes, lat, lon)) == probed
