@@ -201,26 +201,29 @@ class Detector:
                 self.index.insert(cluster)
 
     def rebuild(self, reports: Iterable[Report]) -> None:
-        """Refill the windows with reports read again after a restart; nothing is emitted or
-        counted twice. Feed the reports that were in state at the checkpoint."""
+        """Refill the windows (local and surge) with reports read again after a restart;
+        nothing is emitted or counted twice. Feed the reports that were in state at the
+        checkpoint."""
         watermark = self.watermark_ms
         clock = self.clock_ms
         replayed = []
         for report in reports:
             if report.category == UNCLASSIFIED or report.id in self._seen:
                 continue
-            window_ms = self._params_of(report.category).window_ms
-            if clock is not None and report.ts_ms + window_ms < clock:
-                continue  # it had already left every window
-            self._seen[report.id] = None
             if watermark is not None and report.ts_ms <= watermark:
                 replayed.append(report)
             else:
+                self._seen[report.id] = None
                 heapq.heappush(self._pending, (report.ts_ms, report.id, report))
         replayed.sort(key=lambda r: (r.ts_ms, r.id))
+        self.surge.rebuild(r for r in replayed if self._weight(r) > 0)
         self._rebuilding = True
         try:
             for report in replayed:
+                window_ms = self._params_of(report.category).window_ms
+                if clock is not None and report.ts_ms + window_ms < clock:
+                    continue  # it had already left every window
+                self._seen[report.id] = None
                 self._process(report, False, self._weight(report))
         finally:
             self._rebuilding = False

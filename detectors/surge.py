@@ -69,10 +69,13 @@ STATUS_RESOLVED = "resolved"
 _CHECK = 0
 _UPDATE = 1
 _SWEEP = 2
-# Keys are tracked in full from their PROMOTE_AFTER-th report within PROMOTE_SPAN_MS: three
-# an hour is the baseline floor (0.05/min), below which the exact rate changes no decision.
+# Keys are tracked in full from their PROMOTE_AFTER-th report within one short window. A key
+# never promoted runs below PROMOTE_AFTER / short window (0.6/min by default); a surge needs
+# min_count in the window (6/min), a ratio of 10 over such a baseline, above min_ratio (8): so
+# whether such a key's baseline were tracked would change no decision (it holds as long as
+# PROMOTE_AFTER <= min_count / min_ratio). Bounding the span by the short window keeps all
+# window state re-readable from the input after a restart (see `rebuild`).
 PROMOTE_AFTER = 3
-PROMOTE_SPAN_MS = 3_600_000
 
 _NO_EVENTS: list[IncidentEvent] = []
 
@@ -234,10 +237,13 @@ class _KeyState:
         "ewma_bucket",
         "surge",
         "cooldown_until_ms",
+        "since_ms",
     )
 
-    def __init__(self, ident: Key, ewma_bucket: int) -> None:
+    def __init__(self, ident: Key, ewma_bucket: int, since_ms: int) -> None:
         self.ident = ident
+        # reports at or before this were not counted (held no more when the key was promoted)
+        self.since_ms = since_ms
         self.region: str = h3.int_to_str(ident[0])
         self.category = ident[1]
         self.lang = ident[2]
@@ -329,17 +335,17 @@ class SurgeDetector:
         )
         key = self._keys.get(key_id)
         if key is None:
-            # A (region, category, language) reporting under PROMOTE_AFTER per PROMOTE_SPAN_MS
-            # stays below the baseline floor whatever its exact rate: it is only remembered
-            # as its last few reports, which join the key's window once it gets busier.
-            held = [e for e in self._sparse.get(key_id, ()) if e[0] > ts_ms - PROMOTE_SPAN_MS]
+            # A (region, category, language) reporting under PROMOTE_AFTER per short window
+            # cannot change a decision (see PROMOTE_AFTER): it is only remembered as its last
+            # few reports, which join the key's window once it gets busier.
+            held = [e for e in self._sparse.get(key_id, ()) if e[0] > ts_ms - self._window_ms]
             held.append(entry)
             if len(held) < PROMOTE_AFTER:
                 self._sparse[key_id] = held
                 self._schedule_sweep()
                 return events
             self._sparse.pop(key_id, None)
-            key = self._key_for(key_id)
+            key = self._key_for(key_id, ts_ms)
             for held_entry in sorted(held):
                 self._count(key, held_entry)
         else:
@@ -415,21 +421,35 @@ class SurgeDetector:
         return incident_id in self._open
 
     def snapshot(self) -> dict:
-        """The whole state (windows included, they are small): pickle it at once."""
+        """The durable state: per key its baseline (EWMA), open surge and cooldown; timers and
+        clocks. Short windows, unfolded minute counts and quiet keys' last reports are not in
+        it: they only hold reports of the last short window (plus the minute being folded),
+        which `rebuild` takes again from the input after a restart, so a checkpoint stays
+        small however busy the stream."""
         return {
-            "keys": self._keys,
+            "keys": {
+                ident: (key.ewma, key.ewma_bucket, key.since_ms, key.surge, key.cooldown_until_ms)
+                for ident, key in self._keys.items()
+            },
             "open": self._open,
             "timers": list(self._timers),
             "seq": self._seq,
             "clock_ms": self.clock_ms,
             "origin_bucket": self.origin_bucket,
             "sweep_scheduled": self._sweep_scheduled,
-            "sparse": self._sparse,
         }
 
     def restore(self, snapshot: dict) -> None:
-        """Start from a snapshot (a fresh detector with the same params)."""
-        self._keys = snapshot["keys"]
+        """Start from a snapshot (a fresh detector with the same params); then `rebuild`."""
+        keys = {}
+        for ident, saved in snapshot["keys"].items():
+            ewma, ewma_bucket, since_ms, surge, cooldown_until_ms = saved
+            key = _KeyState(ident, ewma_bucket, since_ms)
+            key.ewma = ewma
+            key.surge = surge
+            key.cooldown_until_ms = cooldown_until_ms
+            keys[ident] = key
+        self._keys = keys
         self._open = snapshot["open"]
         self._timers = list(snapshot["timers"])
         heapq.heapify(self._timers)
@@ -437,7 +457,44 @@ class SurgeDetector:
         self.clock_ms = snapshot["clock_ms"]
         self.origin_bucket = snapshot["origin_bucket"]
         self._sweep_scheduled = snapshot["sweep_scheduled"]
-        self._sparse = snapshot.get("sparse", {})
+        self._sparse = {}
+
+    def rebuild(self, reports: Iterable[Report]) -> None:
+        """Refill the windows with reports observed before the snapshot, read again from the
+        input in (event time, id) order: they are counted where they belong, nothing is judged
+        or emitted, and minutes already folded into a baseline are not counted twice."""
+        now = self.clock_ms
+        if not self.params.enabled or now is None:
+            return
+        oldest = now - self._window_ms - BUCKET_MS  # the minute being folded, at most
+        for report in reports:
+            ts_ms = report.ts_ms
+            if ts_ms <= oldest or ts_ms > now:
+                continue
+            entry: _Entry = (ts_ms, report.id, report.reporter, report.device, report.source)
+            key_id = (
+                _latlng_to_cell(report.lat, report.lon, self._region_resolution),
+                report.category,
+                language_of(report.lang),
+            )
+            key = self._keys.get(key_id)
+            if key is None:
+                held = [e for e in self._sparse.get(key_id, ()) if e[0] > ts_ms - self._window_ms]
+                held.append(entry)
+                if len(held) < PROMOTE_AFTER:
+                    self._sparse[key_id] = held
+                    continue
+                self._sparse.pop(key_id, None)
+                key = self._key_for(key_id, ts_ms)
+                for held_entry in sorted(held):
+                    self._count(key, held_entry)
+            elif ts_ms <= key.since_ms:
+                continue  # it was left behind when the key was promoted, as before the stop
+            elif ts_ms // BUCKET_MS > key.ewma_bucket:
+                self._count(key, entry)
+            elif ts_ms > now - self._window_ms:
+                key.window.append(entry)  # its minute is folded: the window only
+                key.reporters[entry[2]] = key.reporters.get(entry[2], 0) + 1
 
     # ------------------------------------------------------------------ time
 
@@ -503,7 +560,7 @@ class SurgeDetector:
                 doomed.append(key_id)
         for key_id in doomed:
             del self._keys[key_id]
-        horizon = now_ms - PROMOTE_SPAN_MS
+        horizon = now_ms - self._window_ms
         self._sparse = {k: v for k, v in self._sparse.items() if v[-1][0] > horizon}
         if self._keys or self._sparse:
             self._timer(now_ms + SWEEP_MS, _SWEEP, None, None)
@@ -512,12 +569,15 @@ class SurgeDetector:
 
     # ------------------------------------------------------------------ counting
 
-    def _key_for(self, key_id: Key) -> _KeyState:
+    def _key_for(self, key_id: Key, promoted_ms: int) -> _KeyState:
         key = self._keys.get(key_id)
         if key is None:
             assert self.origin_bucket is not None
-            # A new key has (implicitly) folded empty minutes since the detector's origin.
-            key = self._keys[key_id] = _KeyState(key_id, ewma_bucket=self.origin_bucket - 1)
+            # A new key has (implicitly) folded empty minutes since the detector's origin; it
+            # counts the reports held for the last short window before its promotion.
+            key = self._keys[key_id] = _KeyState(
+                key_id, self.origin_bucket - 1, promoted_ms - self._window_ms
+            )
             self._schedule_sweep()
         return key
 

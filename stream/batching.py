@@ -45,8 +45,8 @@ codecs.register(BATCH_CODEC, _PassThrough())
 
 # Faust creates its group consumer with fetch_max_wait_ms=1500. Some brokers (Tansu) hold a
 # fetch for much of that wait even when records have arrived, which put most of a second into
-# the detection latency at low rates; 100 ms costs at most ten empty fetches a second when idle.
-FETCH_MAX_WAIT_MS = 100
+# the detection latency at low rates; 25 ms costs at most 40 empty fetches a second when idle.
+FETCH_MAX_WAIT_MS = 25
 
 
 class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):

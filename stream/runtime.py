@@ -31,7 +31,7 @@ from geoincident.detectors.timefmt import format_ms
 
 log = logging.getLogger("geoincident.worker")
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: surge windows rebuilt from the input, not saved
 
 
 @dataclass(slots=True)
@@ -94,13 +94,19 @@ class WorkerCore:
         self.partitions: dict[int, PartitionClock] = {}
         self.future_tolerance_ms = int(future_tolerance_s * 1000)
         self.idle_advance = idle_advance
+        # report id -> its record timestamp, for the detection latency of the `opened` event
+        # it may trigger; forgotten in arrival order once it cannot trigger one any more.
         self._arrivals: dict[str, int] = {}
+        self._arrival_order: deque[tuple[int, str]] = deque()
         # Outcomes since the stream began, kept in checkpoints: exact across restarts, so
         # produced = accepted + rejected + duplicate + unclassified can be checked.
         self.totals: Counter[str] = Counter()
         self.checkpoint_seq = 0
         self._lateness_ms = params.allowed_lateness_ms
-        self._window_ms = params.max_window_ms
+        # How far back a restart reads the input again: the longest window a report can still
+        # be in (local windows; a surge's short window plus the minute being folded).
+        surge_ms = params.surge.window_ms + 60_000 if params.surge.enabled else 0
+        self._window_ms = max(params.max_window_ms, surge_ms)
         self.empty_partition_hold_ms = max(10_000, self._lateness_ms)
 
     # ------------------------------------------------------------------ reports
@@ -123,6 +129,7 @@ class WorkerCore:
         taxonomy = self.params.taxonomy
         tolerance_ms = self.future_tolerance_ms
         arrivals = self._arrivals
+        arrival_order = self._arrival_order
         outcomes = out.outcomes
         last_offset = first_offset = None
         clock.last_arrival_wall_ms = now_ms
@@ -164,6 +171,7 @@ class WorkerCore:
                 self._emit(out, events, now_ms)
             if outcome is ACCEPTED:
                 arrivals[report.id] = timestamp_ms  # type: ignore[union-attr]
+                arrival_order.append((now_ms, report.id))  # type: ignore[union-attr]
                 ts_ms = report.ts_ms  # type: ignore[union-attr]
                 if max_ts_ms is None or ts_ms > max_ts_ms:
                     max_ts_ms = clock.max_ts_ms = ts_ms
@@ -178,10 +186,21 @@ class WorkerCore:
         if clock.max_ts_ms is not None:
             clock.marks.append((first_offset, clock.max_ts_ms))
         self._emit(out, detector.advance(self.watermark_ms(now_ms)), now_ms)
+        self._forget_arrivals(now_ms)
         self.totals.update(out.outcomes)
         if silent:
             return Outputs(outcomes=out.outcomes, rejections=out.rejections)
         return out
+
+    def _forget_arrivals(self, now_ms: int) -> None:
+        """A report is processed (and may trigger an `opened` event) at the latest once the
+        watermark passes it: about the lateness bound after it arrived, or after a held
+        partition is given up. A minute after that, its arrival time goes."""
+        horizon = now_ms - self._lateness_ms - self.empty_partition_hold_ms - 60_000
+        order = self._arrival_order
+        arrivals = self._arrivals
+        while order and order[0][0] < horizon:
+            arrivals.pop(order.popleft()[1], None)
 
     def _lowest_other(self, partition: int, now_ms: int) -> int | None:
         """The lowest event time of the other partitions (idle advance included), or a huge
@@ -314,8 +333,6 @@ class WorkerCore:
         if detector.clock_ms is not None:
             oldest_needed = detector.clock_ms - self._window_ms - self._lateness_ms
         self.checkpoint_seq += 1
-        live = set(detector._seen)
-        self._arrivals = {k: v for k, v in self._arrivals.items() if k in live}
         return {
             "version": CHECKPOINT_VERSION,
             "seq": self.checkpoint_seq,

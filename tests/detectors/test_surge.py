@@ -286,7 +286,7 @@ def test_state_stays_bounded_over_a_long_stream():
     assert n > 5_000
     assert most_keys < 1_000  # keys outlive their reports only while the baseline matters
     # short windows only: a key's expired reports go at its next report or the next sweep
-    # and a quiet key's last few reports, for up to an hour (PROMOTE_SPAN_MS) plus a sweep
+    # and a quiet key's last few reports, for up to a short window plus a sweep
     assert most_reports <= 2 * (60 + 10 + 5 + 10) + 1
     assert detector.state_keys < 100
     detector.advance(end + 24 * HOUR_MS)
@@ -328,18 +328,37 @@ def test_two_runs_are_byte_identical_whatever_the_advance_pattern():
     assert plain == output(2, seed=1) == output(5, seed=2)
 
 
-def test_a_snapshot_restored_into_a_fresh_detector_continues_byte_identically():
+@pytest.mark.parametrize("fraction", [0.2, 0.45, 0.6, 0.8])
+def test_a_snapshot_restored_and_rebuilt_continues_byte_identically(fraction):
+    """The checkpoint holds baselines, open surges and timers; the windows come back from the
+    input read again (the worker re-reads its rebuild range), with nothing counted twice."""
     reports = sorted(_mixed_stream(), key=lambda r: (r.ts_ms, r.id))
-    half = len(reports) * 3 // 5
+    cut = int(len(reports) * fraction)
     whole = SurgeDetector()
     expected = whole.observe_many(reports) + whole.advance(T0_MS + 3 * HOUR_MS)
+    assert sum(1 for e in expected if e.event == "opened") == 3
 
     first = SurgeDetector()
-    got = first.observe_many(reports[:half])
+    got = first.observe_many(reports[:cut])
+    blob = pickle.dumps(first.snapshot(), protocol=5)
     second = SurgeDetector()
-    second.restore(pickle.loads(pickle.dumps(first.snapshot(), protocol=5)))
-    got += second.observe_many(reports[half:]) + second.advance(T0_MS + 3 * HOUR_MS)
+    second.restore(pickle.loads(blob))
+    second.rebuild(reports[:cut])
+    got += second.observe_many(reports[cut:]) + second.advance(T0_MS + 3 * HOUR_MS)
     assert [e.to_json() for e in got] == [e.to_json() for e in expected]
+
+
+def test_a_snapshot_holds_no_window_so_it_stays_small():
+    reports = sorted(_mixed_stream(), key=lambda r: (r.ts_ms, r.id))
+    detector = SurgeDetector()
+    detector.observe_many(reports[: len(reports) // 2])
+    assert detector.state_reports > 50
+    snapshot = detector.snapshot()
+    assert "sparse" not in snapshot
+    assert all(len(saved) == 5 for saved in snapshot["keys"].values())
+    restored = SurgeDetector()
+    restored.restore(pickle.loads(pickle.dumps(snapshot)))
+    assert restored.state_reports == 0 and restored.state_keys == detector.state_keys
 
 
 def test_a_late_report_inside_the_window_counts_and_an_older_one_is_ignored():
