@@ -1048,8 +1048,14 @@ class Latency:
                     break
         return offset + end
 
-    async def pace(self, topic: str, load: int, result: LatencyRun) -> dict[int, float]:
-        """Background at ``load`` reports/s plus CLUSTERS_PER_S planted clusters per second,
+    async def pace(
+        self,
+        topic: str,
+        load: int,
+        result: LatencyRun,
+        clusters_per_s: float = CLUSTERS_PER_S,
+    ) -> dict[int, float]:
+        """Background at ``load`` reports/s plus `clusters_per_s` planted clusters per second,
         for WARMUP_S + --paced-seconds; returns each cluster's 5th-report send time.
 
         Ticks of 5 ms; each tick's reports go out as one record batch per partition (keyed by
@@ -1062,12 +1068,12 @@ class Latency:
         paced_s = self.args.paced_seconds
         total_s = WARMUP_S + paced_s
         # Planted cluster i starts at WARMUP_S + i / CLUSTERS_PER_S; none in the last second.
-        n_clusters = max(1, int((paced_s - 1.0) * CLUSTERS_PER_S))
+        n_clusters = max(1, int((paced_s - 1.0) * clusters_per_s))
         schedule: list[tuple[float, int, int]] = []  # (due offset s, cluster, member)
         members: dict[int, list[tuple[str, float, float]]] = {}
         for i in range(n_clusters):
             members[i] = cluster_values(rng, i)
-            start = WARMUP_S + i / CLUSTERS_PER_S
+            start = WARMUP_S + i / clusters_per_s
             schedule.extend((start + k * CLUSTER_SPACING_S, i, k) for k in range(CLUSTER_SIZE))
         schedule.sort()
         produced_at: dict[int, float] = {}
