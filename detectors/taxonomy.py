@@ -65,6 +65,7 @@ class Taxonomy:
     _keywords: re.Pattern[str] | None = field(init=False, repr=False)
     _keyword_owner: dict[str, str] = field(init=False, repr=False)
     _tag_cache: dict[str, str | None] = field(init=False, repr=False)
+    _name_cache: dict[str, str | None] = field(init=False, repr=False)
     _keyword_checks: tuple = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +88,7 @@ class Taxonomy:
                     self._keyword_owner[key] = category.name
                     keywords.append(key)
         self._tag_cache = {}
+        self._name_cache = {}
         self._keyword_checks = tuple(
             (
                 category.name,
@@ -110,7 +112,15 @@ class Taxonomy:
         return [category.name for category in self.categories]
 
     def category_of_name(self, name: str) -> str | None:
-        return self._by_name.get(normalise_tag(name))
+        cache = self._name_cache
+        try:
+            return cache[name]
+        except KeyError:
+            pass
+        found = self._by_name.get(normalise_tag(name))
+        if len(cache) < 100_000:  # as for tags: names repeat, junk cannot grow it forever
+            cache[name] = found
+        return found
 
     def category_of_tag(self, tag: str) -> str | None:
         cache = self._tag_cache

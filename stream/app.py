@@ -202,6 +202,8 @@ class Worker:
                 **kafka_client_options(self.settings),
             )
         )
+        loop = use_uvloop()
+        log.info(logfmt("event_loop", loop=loop))
         worker = _Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
         worker.execute_from_commandline()
 
@@ -452,6 +454,19 @@ class Worker:
             return records
         finally:
             await consumer.stop()
+
+
+def use_uvloop() -> str:
+    """uvloop for the worker's loops (the main one and Faust's consumer thread's), when it is
+    installed: a faster loop under the same asyncio API. Returns the loop's name."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    import mode.loop
+
+    mode.loop.use("uvloop")
+    return "uvloop"
 
 
 SHUTDOWN_GRACE_S = 15.0
