@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-replay quality clean system-deps
+.PHONY: demo test lint bench bench-replay bench-rss quality clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench-replay: $(STAMP)
 ##        first use. Quick run: make bench BENCH_ARGS="--reports 20000 --paced-seconds 10"
 bench: $(STAMP)
 	$(BIN)/python benchmarks/worker.py $(BENCH_ARGS)
+
+## bench-rss: the worker's RSS at 1,000 reports/s for 10 minutes once its windows are full
+##            (~28 minutes in all); writes docs/benchmarks.md
+bench-rss: $(STAMP)
+	$(BIN)/python benchmarks/rss.py $(RSS_ARGS)
 
 ## quality: simulate -> replay -> evaluate over 5 seeds, beside the naive baseline (docs/quality.md)
 quality: $(STAMP)
