@@ -75,6 +75,9 @@ class Detector:
         # Replay moves the watermark with the data; the worker moves it itself, from the
         # slowest of its partitions (and idle time), so it sets self_advancing=False.
         self.self_advancing = self_advancing
+        # With defer_drain a self-advancing detector only raises the watermark in `observe`;
+        # the caller drains every so often (the same events, in the same order, fewer calls).
+        self.defer_drain = False
         self.surge = SurgeDetector(
             params.surge, cell_resolution=params.resolution, max_report_ids=params.max_report_ids
         )
@@ -126,7 +129,9 @@ class Detector:
         if self.max_ts_ms is None or ts_ms > self.max_ts_ms:
             self.max_ts_ms = ts_ms
             if self.self_advancing:
-                return self._run(ts_ms - self._lateness_ms)
+                self.raise_watermark(ts_ms - self._lateness_ms)
+                if not self.defer_drain:
+                    return self.drain()
         return _NO_EVENTS
 
     def observe_many(self, reports: Iterable[Report]) -> list[IncidentEvent]:
