@@ -42,7 +42,9 @@ class Cluster:
         self.founder_ts_ms = founder.ts_ms
         self.founder_id = founder.id
         self.members: list[Report] = [founder]
-        self.weights: dict[str, float] = {founder.id: weight}
+        # Weights other than 1.0, by report id; None while there are none (the common case:
+        # most clusters are one report of weight 1, and a dict each would double their size).
+        self.weights: dict[str, float] | None = None if weight == 1.0 else {founder.id: weight}
         # Most clusters never get a second member: the union-find is built when one arrives.
         self.independence: Independence | None = None
         self.lat = founder.lat
@@ -58,7 +60,7 @@ class Cluster:
         cluster.category = incident.category
         cluster.founder_ts_ms, cluster.founder_id = incident.seniority
         cluster.members = []
-        cluster.weights = {}
+        cluster.weights = None
         cluster.independence = None
         cluster.lat, cluster.lon = incident.centre()
         cluster.indexed = False
@@ -69,16 +71,20 @@ class Cluster:
     @property
     def score(self) -> float:
         if self.independence is None:
-            return self.weights[self.founder_id] if self.members else 0.0
+            return self.weight_of(self.founder_id) if self.members else 0.0
         return self.independence.score
+
+    def weight_of(self, report_id: str) -> float:
+        weights = self.weights
+        return 1.0 if weights is None else weights.get(report_id, 1.0)
 
     def _independence(self) -> Independence:
         independence = self.independence
         if independence is None:
             independence = self.independence = Independence()
-            weights = self.weights
+            weight_of = self.weight_of
             for member in self.members:
-                independence.add(member.reporter, member.device, weights[member.id])
+                independence.add(member.reporter, member.device, weight_of(member.id))
         return independence
 
     @property
@@ -93,7 +99,10 @@ class Cluster:
             members.append(report)
         else:  # a late report: keep members in event-time order
             bisect.insort(members, report, key=_member_key)
-        self.weights[report.id] = weight
+        if weight != 1.0:
+            if self.weights is None:
+                self.weights = {}
+            self.weights[report.id] = weight
         independence.add(report.reporter, report.device, weight)
 
     def remove(self, report: Report) -> None:
@@ -102,15 +111,16 @@ class Cluster:
             members.pop(0)
         else:
             members.remove(report)
-        del self.weights[report.id]
+        if self.weights:
+            self.weights.pop(report.id, None)
 
     def rebuild(self, accuracy: AccuracyWeights) -> None:
         """Recompute the window's independence and centre after members left or moved."""
         independence = Independence()
         centroid = WeightedCentroid()
-        weights = self.weights
+        weight_of = self.weight_of
         for member in self.members:
-            independence.add(member.reporter, member.device, weights[member.id])
+            independence.add(member.reporter, member.device, weight_of(member.id))
             centroid.add(member.lat, member.lon, accuracy(member.accuracy_m))
         self.independence = independence
         if centroid.weight > 0.0:
@@ -125,10 +135,10 @@ class Cluster:
 
     def window_score(self, start_ms: int, end_ms: int) -> float:
         independence = Independence()
-        weights = self.weights
+        weight_of = self.weight_of
         for member in self.members:
             if start_ms <= member.ts_ms <= end_ms:
-                independence.add(member.reporter, member.device, weights[member.id])
+                independence.add(member.reporter, member.device, weight_of(member.id))
         return independence.score
 
 

@@ -541,7 +541,7 @@ class Detector:
             params.max_report_ids,
         )
         for member in cluster.members:
-            incident.add(member, cluster.weights[member.id], self.accuracy(member.accuracy_m))
+            incident.add(member, cluster.weight_of(member.id), self.accuracy(member.accuracy_m))
         lat, lon = incident.centre()
         if params.geofences is not None:
             incident.jurisdiction = params.geofences.lookup(lat, lon)
@@ -586,7 +586,7 @@ class Detector:
         self.index.remove(loser)
         seen = self._seen
         for member in loser.members:
-            survivor.add(member, loser.weights[member.id])
+            survivor.add(member, loser.weight_of(member.id))
             seen[member.id] = survivor
         kept, gone = survivor.incident, loser.incident
         now_ms = self.clock_ms or report.ts_ms
@@ -602,7 +602,7 @@ class Detector:
             new_reporters = False
             for member in loser.members:
                 position_weight = self.accuracy(member.accuracy_m)
-                if kept.add(member, loser.weights[member.id], position_weight):
+                if kept.add(member, loser.weight_of(member.id), position_weight):
                     new_reporters = True
             if new_reporters:
                 self._updated(kept, report.id, events)
@@ -657,7 +657,7 @@ class Detector:
             )
         incident.rescore_without(report_id)
         cluster = self._cluster_of.get(incident.incident_id)
-        if cluster is not None and report_id in cluster.weights:
+        if cluster is not None:
             for member in cluster.members:
                 if member.id == report_id:
                     cluster.remove(member)

@@ -134,11 +134,27 @@ def parse_report(raw: bytes, taxonomy: Taxonomy) -> Report | Rejection:
         lon=lon,
         reporter=wire.reporter,
         category=taxonomy.resolve(wire.category, wire.tags, wire.text),
-        source=wire.source,
+        source=_shared(wire.source),
         device=wire.device,
         accuracy_m=wire.accuracy_m,
-        lang=wire.lang,
+        lang=_shared(wire.lang),
     )
+
+
+# Sources and language tags come from small vocabularies: one string object each, instead of
+# one per report held in the windows (bounded, so junk values cannot grow it).
+_SHARED: dict[str, str] = {}
+
+
+def _shared(value: str | None) -> str | None:
+    if value is None:
+        return None
+    found = _SHARED.get(value)
+    if found is None:
+        if len(_SHARED) < 10_000:
+            _SHARED[value] = value
+        return value
+    return found
 
 
 _RFC3339 = re.compile(
