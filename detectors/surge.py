@@ -319,7 +319,11 @@ class SurgeDetector:
         ts_ms = report.ts_ms
         events: list[IncidentEvent] = []
         if self.clock_ms is None or ts_ms > self.clock_ms:
-            self._advance_to(ts_ms, events)
+            timers = self._timers
+            if timers and timers[0][0] <= ts_ms:
+                self._advance_to(ts_ms, events)
+            else:
+                self.clock_ms = ts_ms
         now = self.clock_ms
         assert now is not None
         if ts_ms <= now - self._window_ms:
