@@ -1054,12 +1054,13 @@ class Latency:
         load: int,
         result: LatencyRun,
         clusters_per_s: float = CLUSTERS_PER_S,
+        tick_s: float = 0.005,
     ) -> dict[int, float]:
         """Background at ``load`` reports/s plus `clusters_per_s` planted clusters per second,
         for WARMUP_S + --paced-seconds; returns each cluster's 5th-report send time.
 
-        Ticks of 5 ms; each tick's reports go out as one record batch per partition (keyed by
-        reporter, the default partitioner), which keeps the producer cheap enough to pace
+        Ticks of `tick_s` (5 ms); each tick's reports go out as one record batch per partition
+        (keyed by reporter, the default partitioner), which keeps the producer cheap enough to pace
         20k reports/s on 2 cores beside the worker."""
         from aiokafka import AIOKafkaProducer
         from aiokafka.partitioner import DefaultPartitioner
@@ -1121,7 +1122,7 @@ class Latency:
                 if len(deliveries) > 2000:
                     await asyncio.gather(*deliveries)
                     deliveries.clear()
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(tick_s)
             await asyncio.gather(*deliveries)
             result.sent = background + next_planted
             result.sent_rate = result.sent / (time.perf_counter() - t0)

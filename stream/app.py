@@ -140,18 +140,24 @@ class Worker:
         @app.agent(self.reports_topic, concurrency=1)
         async def reports(stream: Any) -> None:
             async for event in stream.events():
-                await self.on_reports(event.message.partition, event.value)
+                try:
+                    await self.on_reports(event.message.partition, event.value)
+                except BaseException as error:  # noqa: BLE001 - see _stop_unacked
+                    _stop_unacked("reports", event.message, error)
 
         @app.agent(self.actions_topic, concurrency=1)
         async def actions(stream: Any) -> None:
             async for event in stream.events():
                 message = event.message
-                await self.ensure_restored()
-                out = self.core.on_action(
-                    message.value, message.partition, message.offset, now_ms()
-                )
-                await self.produce(out)
-                await self.maybe_checkpoint(force=True)
+                try:
+                    await self.ensure_restored()
+                    out = self.core.on_action(
+                        message.value, message.partition, message.offset, now_ms()
+                    )
+                    await self.produce(out)
+                    await self.maybe_checkpoint(force=True)
+                except BaseException as error:  # noqa: BLE001 - see _stop_unacked
+                    _stop_unacked("actions", message, error)
 
         @app.timer(interval=1.0)
         async def tick() -> None:
@@ -232,8 +238,25 @@ class Worker:
         await self.ensure_restored()
         current = now_ms()
         clock = self.core.partitions.get(partition)
-        if clock is not None and not clock.started:
-            clock = None  # assigned, nothing processed yet: the group's position is the truth
+        if clock is None or not clock.started:
+            # Nothing processed from this partition yet: the group's committed offset is where
+            # it should start. Faust can drop a batch it delivered right after its start-up
+            # seek and move past it; such a hole is read here, as for a started partition.
+            expected = (await self.committed_offsets([partition])).get(partition, 0)
+            if records[0][0] > expected:
+                missing = await self.read_range(partition, expected, records[0][0])
+                if missing:
+                    log.warning(
+                        logfmt(
+                            "gap_filled",
+                            partition=partition,
+                            start=expected,
+                            end=records[0][0],
+                            records=len(missing),
+                        )
+                    )
+                    records = missing + records
+            clock = None
         if clock is not None and records[0][0] < clock.next_offset:
             # Already inside the restored checkpoint: processed and produced before the stop.
             records = [r for r in records if r[0] >= clock.next_offset]
@@ -454,6 +477,37 @@ class Worker:
             return records
         finally:
             await consumer.stop()
+
+
+def _stop_unacked(agent: str, message: Any, error: BaseException) -> None:
+    """An event whose processing did not finish must not be acknowledged: Faust acks the
+    current event on the way out of an agent, whatever ended it, and for a batch event that
+    commits the whole batch. So the process ends here, before that, and a restart processes
+    the batch again from the last commit (at least once). This also covers a stop signal that
+    lands mid-batch (the agent is cancelled)."""
+    if isinstance(error, asyncio.CancelledError):
+        log.warning(
+            logfmt(
+                "stopped_mid_event",
+                agent=agent,
+                partition=message.partition,
+                offset=message.offset,
+                detail="exiting without committing it; a restart processes it again",
+            )
+        )
+    else:
+        log.critical(
+            logfmt(
+                "processing_failed",
+                agent=agent,
+                partition=message.partition,
+                offset=message.offset,
+                error=f"{type(error).__name__}: {error}",
+            ),
+            exc_info=error,
+        )
+    logging.shutdown()
+    os._exit(70)
 
 
 def use_uvloop() -> str:
