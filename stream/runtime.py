@@ -31,6 +31,7 @@ from geoincident.detectors.timefmt import format_ms
 
 log = logging.getLogger("geoincident.worker")
 
+MARK_SPAN_MS = 1000
 CHECKPOINT_VERSION = 2  # 2: surge windows rebuilt from the input, not saved
 
 
@@ -67,7 +68,17 @@ class PartitionClock:
     # (first offset of a batch, max event time after it): a report at or before a batch whose
     # running max is older than the windows' start cannot be in state any more, so a restart
     # reads again from the first batch whose running max reaches it.
+    # Batches whose running max falls in the same second of event time share one mark (the
+    # first batch's offset, the last one's max), so there are about as many marks as seconds
+    # in window + lateness, however small the batches: the checkpoint stays small.
     marks: deque[tuple[int, int]] = field(default_factory=deque)
+
+    def mark(self, first_offset: int, max_ts_ms: int) -> None:
+        marks = self.marks
+        if marks and marks[-1][1] // MARK_SPAN_MS == max_ts_ms // MARK_SPAN_MS:
+            marks[-1] = (marks[-1][0], max_ts_ms)  # reading from the earlier offset covers both
+        else:
+            marks.append((first_offset, max_ts_ms))
 
     def rebuild_offset(self, oldest_needed_ms: int | None) -> int:
         marks = self.marks
@@ -184,7 +195,7 @@ class WorkerCore:
         clock.next_offset = last_offset + 1
         clock.started = True
         if clock.max_ts_ms is not None:
-            clock.marks.append((first_offset, clock.max_ts_ms))
+            clock.mark(first_offset, clock.max_ts_ms)
         self._emit(out, detector.advance(self.watermark_ms(now_ms)), now_ms)
         self._forget_arrivals(now_ms)
         self.totals.update(out.outcomes)

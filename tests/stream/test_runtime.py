@@ -49,3 +49,20 @@ def test_a_silent_partition_holds_event_time_only_for_a_while():
     later = NOW_MS + core.empty_partition_hold_ms + 1
     assert core.watermark_ms(later) > T0_MS
     assert [e.event for e in core.tick(later).incidents] == ["opened"]
+
+
+def test_offset_marks_stay_one_per_second_of_event_time_and_rebuild_from_early_enough():
+    """Tiny batches (a low-latency fetch) must not grow the checkpoint: batches within one
+    second of event time share a mark, and the rebuild offset never skips a needed record."""
+    from geoincident.stream.runtime import PartitionClock
+
+    clock = PartitionClock()
+    offset = 0
+    for ts_ms in range(0, 60_000, 5):  # a 5 ms batch of two records, for a minute
+        clock.mark(offset, ts_ms)
+        offset += 2
+    assert len(clock.marks) == 60
+    # the first record of event time >= 30 s is at offset 2 * 6000; rebuilding from the mark
+    # must start at or before it
+    assert clock.rebuild_offset(30_000) <= 2 * 6000
+    assert clock.rebuild_offset(30_000) >= 2 * 5800  # and not from far earlier
