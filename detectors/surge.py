@@ -339,19 +339,9 @@ class SurgeDetector:
         )
         key = self._keys.get(key_id)
         if key is None:
-            # A (region, category, language) reporting under PROMOTE_AFTER per short window
-            # cannot change a decision (see PROMOTE_AFTER): it is only remembered as its last
-            # few reports, which join the key's window once it gets busier.
-            held = [e for e in self._sparse.get(key_id, ()) if e[0] > ts_ms - self._window_ms]
-            held.append(entry)
-            if len(held) < PROMOTE_AFTER:
-                self._sparse[key_id] = held
-                self._schedule_sweep()
+            key = self._hold_or_promote(key_id, entry, sweep=True)
+            if key is None:
                 return events
-            self._sparse.pop(key_id, None)
-            key = self._key_for(key_id, ts_ms)
-            for held_entry in sorted(held):
-                self._count(key, held_entry)
         else:
             # _count, inlined for the common case: in order, in the newest minute
             window = key.window
@@ -483,15 +473,9 @@ class SurgeDetector:
             )
             key = self._keys.get(key_id)
             if key is None:
-                held = [e for e in self._sparse.get(key_id, ()) if e[0] > ts_ms - self._window_ms]
-                held.append(entry)
-                if len(held) < PROMOTE_AFTER:
-                    self._sparse[key_id] = held
-                    continue
-                self._sparse.pop(key_id, None)
-                key = self._key_for(key_id, ts_ms)
-                for held_entry in sorted(held):
-                    self._count(key, held_entry)
+                # a sweep is in the snapshot's timers if one was due; scheduling one here
+                # could add a timer the uninterrupted run never had
+                self._hold_or_promote(key_id, entry, sweep=False)
             elif ts_ms <= key.since_ms:
                 continue  # it was left behind when the key was promoted, as before the stop
             elif ts_ms // BUCKET_MS > key.ewma_bucket:
@@ -572,6 +556,25 @@ class SurgeDetector:
             self._sweep_scheduled = False
 
     # ------------------------------------------------------------------ counting
+
+    def _hold_or_promote(self, key_id: Key, entry: _Entry, sweep: bool) -> _KeyState | None:
+        """A report of a key not tracked yet. A (region, category, language) reporting under
+        PROMOTE_AFTER per short window cannot change a decision (see PROMOTE_AFTER): it is only
+        remembered as its last few reports, which join the key's window (returned) once it
+        gets busier."""
+        ts_ms = entry[0]
+        held = [e for e in self._sparse.get(key_id, ()) if e[0] > ts_ms - self._window_ms]
+        held.append(entry)
+        if len(held) < PROMOTE_AFTER:
+            self._sparse[key_id] = held
+            if sweep:
+                self._schedule_sweep()
+            return None
+        self._sparse.pop(key_id, None)
+        key = self._key_for(key_id, ts_ms)
+        for held_entry in sorted(held):
+            self._count(key, held_entry)
+        return key
 
     def _key_for(self, key_id: Key, promoted_ms: int) -> _KeyState:
         key = self._keys.get(key_id)

@@ -244,18 +244,7 @@ class Worker:
             # seek and move past it; such a hole is read here, as for a started partition.
             expected = (await self.committed_offsets([partition])).get(partition, 0)
             if records[0][0] > expected:
-                missing = await self.read_range(partition, expected, records[0][0])
-                if missing:
-                    log.warning(
-                        logfmt(
-                            "gap_filled",
-                            partition=partition,
-                            start=expected,
-                            end=records[0][0],
-                            records=len(missing),
-                        )
-                    )
-                    records = missing + records
+                records = await self._fill_gap(partition, expected, records)
             clock = None
         if clock is not None and records[0][0] < clock.next_offset:
             # Already inside the restored checkpoint: processed and produced before the stop.
@@ -265,20 +254,26 @@ class Worker:
         elif clock is not None and records[0][0] > clock.next_offset:
             # Offsets we never saw: the group skipped them (seen with Faust right after a
             # restart). Read them ourselves; at-least-once, so producing again is safe.
-            missing = await self.read_range(partition, clock.next_offset, records[0][0])
-            log.warning(
-                logfmt(
-                    "gap_filled",
-                    partition=partition,
-                    start=clock.next_offset,
-                    end=records[0][0],
-                    records=len(missing),
-                )
-            )
-            records = missing + records
+            records = await self._fill_gap(partition, clock.next_offset, records)
         out = self.core.on_reports(partition, records, current)
         await self.produce(out)
         await self.maybe_checkpoint()
+
+    async def _fill_gap(
+        self, partition: int, start: int, records: list[tuple[int, bytes, int]]
+    ) -> list[tuple[int, bytes, int]]:
+        """The batch, preceded by the records [start, its first offset) read from the topic."""
+        missing = await self.read_range(partition, start, records[0][0])
+        log.warning(
+            logfmt(
+                "gap_filled",
+                partition=partition,
+                start=start,
+                end=records[0][0],
+                records=len(missing),
+            )
+        )
+        return missing + records
 
     async def produce(self, out: Outputs) -> None:
         """Send what a step produced; wait for the broker's acks before anything commits."""
