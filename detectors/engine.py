@@ -212,10 +212,14 @@ class Detector:
         watermark = self.watermark_ms
         clock = self.clock_ms
         replayed = []
+        replayed_ids: set[str] = set()  # a record read twice (produced twice) counts once
         for report in reports:
             if report.category == UNCLASSIFIED or report.id in self._seen:
                 continue
             if watermark is not None and report.ts_ms <= watermark:
+                if report.id in replayed_ids:
+                    continue
+                replayed_ids.add(report.id)
                 replayed.append(report)
             else:
                 self._seen[report.id] = None

@@ -45,3 +45,26 @@ def test_restore_and_rebuild_continue_byte_identically(cut_fraction):
     assert [e.to_json() for e in resumed] == [e.to_json() for e in after]
     assert second.counts == whole.counts
     assert any(e.event == "opened" for e in after)
+
+
+def test_a_report_read_twice_in_the_rebuild_counts_once():
+    """At least once: the input can hold a report twice; the rebuilt window must not."""
+    reports = _stream(3)
+    cut = int(len(reports) * 0.45)
+    whole = Detector()
+    whole.observe_many(reports[:cut])
+    after = whole.observe_many(reports[cut:]) + whole.flush()
+
+    first = Detector()
+    first.observe_many(reports[:cut])
+    blob = pickle.dumps(first.snapshot())
+    once = Detector()
+    once.restore(pickle.loads(blob))
+    once.rebuild(reports[:cut])
+    second = Detector()
+    second.restore(pickle.loads(blob))
+    second.rebuild(reports[:cut] + reports[:cut])  # every record re-read twice
+    assert second.state_reports == once.state_reports
+    assert second.surge.state_reports == once.surge.state_reports
+    resumed = second.observe_many(reports[cut:]) + second.flush()
+    assert [e.to_json() for e in resumed] == [e.to_json() for e in after]
