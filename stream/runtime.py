@@ -165,6 +165,12 @@ class WorkerCore:
                 if problem is not None:
                     self._reject(out, value, problem, partition, offset, now_ms)
                     continue
+            report_id = report.id  # type: ignore[union-attr]
+            if report_id not in arrivals:
+                # before observe: a late report is processed at once and can trigger an
+                # `opened` event right there
+                arrivals[report_id] = timestamp_ms
+                arrival_order.append((now_ms, report_id))
             events = detector.observe(report)  # type: ignore[arg-type]
             outcome = detector.last_outcome
             if outcome is TOO_LATE:
@@ -181,8 +187,6 @@ class WorkerCore:
             if events:
                 self._emit(out, events, now_ms)
             if outcome is ACCEPTED:
-                arrivals[report.id] = timestamp_ms  # type: ignore[union-attr]
-                arrival_order.append((now_ms, report.id))  # type: ignore[union-attr]
                 ts_ms = report.ts_ms  # type: ignore[union-attr]
                 if max_ts_ms is None or ts_ms > max_ts_ms:
                     max_ts_ms = clock.max_ts_ms = ts_ms

@@ -66,3 +66,17 @@ def test_offset_marks_stay_one_per_second_of_event_time_and_rebuild_from_early_e
     # must start at or before it
     assert clock.rebuild_offset(30_000) <= 2 * 6000
     assert clock.rebuild_offset(30_000) >= 2 * 5800  # and not from far earlier
+
+
+def test_a_late_report_that_opens_an_incident_has_its_detection_latency_measured():
+    """A late report is processed inside observe: its arrival must already be known, or the
+    detection latency metric silently misses the incident."""
+    core = WorkerCore(DetectorParams(allowed_lateness_s=0.0), "reports")
+    core.assigned([0], NOW_MS)
+    members = ring(5, 40, prefix="a")  # 09:00-09:04, five independent reporters
+    ahead = [report("z", 10, 40.0, -100.0)]  # far away, minutes later: the rest is late
+    core.on_reports(0, _records(ahead), NOW_MS)
+    out = core.on_reports(0, _records(members, start_offset=1), NOW_MS + 250)
+    opened = [e for e in out.incidents if e.event == "opened"]
+    assert len(opened) == 1 and opened[0].trigger_report_id == members[-1].id
+    assert out.latencies_s == [0.25]
