@@ -331,12 +331,7 @@ class SurgeDetector:
         bucket = ts_ms // BUCKET_MS
         if self.origin_bucket is None or bucket < self.origin_bucket:
             self.origin_bucket = bucket
-        entry: _Entry = (ts_ms, report.id, report.reporter, report.device, report.source)
-        key_id = (
-            _latlng_to_cell(report.lat, report.lon, self._region_resolution),
-            report.category,
-            language_of(report.lang),
-        )
+        entry, key_id = self._entry_and_key(report)
         key = self._keys.get(key_id)
         if key is None:
             key = self._hold_or_promote(key_id, entry, sweep=True)
@@ -465,12 +460,7 @@ class SurgeDetector:
             ts_ms = report.ts_ms
             if ts_ms <= oldest or ts_ms > now:
                 continue
-            entry: _Entry = (ts_ms, report.id, report.reporter, report.device, report.source)
-            key_id = (
-                _latlng_to_cell(report.lat, report.lon, self._region_resolution),
-                report.category,
-                language_of(report.lang),
-            )
+            entry, key_id = self._entry_and_key(report)
             key = self._keys.get(key_id)
             if key is None:
                 # a sweep is in the snapshot's timers if one was due; scheduling one here
@@ -556,6 +546,16 @@ class SurgeDetector:
             self._sweep_scheduled = False
 
     # ------------------------------------------------------------------ counting
+
+    def _entry_and_key(self, report: Report) -> tuple[_Entry, Key]:
+        """What a key's window holds of a report, and the key: (region, category, language)."""
+        entry: _Entry = (report.ts_ms, report.id, report.reporter, report.device, report.source)
+        key_id = (
+            _latlng_to_cell(report.lat, report.lon, self._region_resolution),
+            report.category,
+            language_of(report.lang),
+        )
+        return entry, key_id
 
     def _hold_or_promote(self, key_id: Key, entry: _Entry, sweep: bool) -> _KeyState | None:
         """A report of a key not tracked yet. A (region, category, language) reporting under
