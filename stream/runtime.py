@@ -32,6 +32,7 @@ from geoincident.detectors.timefmt import format_ms
 log = logging.getLogger("geoincident.worker")
 
 MARK_SPAN_MS = 1000
+_NO_PARTITION = 2**62  # no partition counts for the watermark (yet)
 CHECKPOINT_VERSION = 2  # 2: surge windows rebuilt from the input, not saved
 
 
@@ -217,14 +218,18 @@ class WorkerCore:
         while order and order[0][0] < horizon:
             arrivals.pop(order.popleft()[1], None)
 
-    def _lowest_other(self, partition: int, now_ms: int) -> int | None:
-        """The lowest event time of the other partitions (idle advance included), or a huge
-        number when there are none; None while one of them holds event time back."""
-        lowest = 2**62
+    def _lowest_other(self, partition: int | None, now_ms: int) -> int | None:
+        """The lowest event time of the partitions other than `partition` (idle advance
+        included), or _NO_PARTITION when none counts; None while one of them holds event time
+        back."""
+        lowest = _NO_PARTITION
         for number, clock in self.partitions.items():
             if number == partition:
                 continue
             if clock.max_ts_ms is None:
+                # Assigned but nothing from it yet: hold event time for a while, or reading a
+                # backlog would let the first partition's batch make the others "too late".
+                # A partition still silent after the hold is empty or idle and is left out.
                 if now_ms - clock.last_arrival_wall_ms < self.empty_partition_hold_ms:
                     return None
                 continue
@@ -276,21 +281,8 @@ class WorkerCore:
         Flink's idle sources), so quiet incidents still resolve; it never jumps to the wall
         clock, so a backfill of last week's reports is judged like live ones.
         """
-        lowest = None
-        for clock in self.partitions.values():
-            if clock.max_ts_ms is None:
-                # Assigned but nothing from it yet: hold event time for a while, or reading a
-                # backlog would let the first partition's batch make the others "too late".
-                # A partition still silent after the hold is empty or idle and is left out.
-                if now_ms - clock.last_arrival_wall_ms < self.empty_partition_hold_ms:
-                    return -(2**62)
-                continue
-            seen = clock.max_ts_ms
-            if self.idle_advance:
-                seen += max(0, now_ms - clock.last_arrival_wall_ms)
-            if lowest is None or seen < lowest:
-                lowest = seen
-        if lowest is None:
+        lowest = self._lowest_other(None, now_ms)
+        if lowest is None or lowest == _NO_PARTITION:
             return -(2**62)
         return lowest - self._lateness_ms
 
