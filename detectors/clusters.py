@@ -1,9 +1,17 @@
-"""Spatial clusters of same-category reports, and the index that finds them.
+"""Where reports wait while they may still agree, and the windows of open incidents.
 
-A cluster is the set of reports, within one category's time window, that lie within
-`radius_m` of the cluster's centre. Clusters are indexed by the box of their centre in a grid
-of boxes at least the radius wide, so finding the clusters near a report is a 3 x 3 box lookup
-plus exact haversine distances: box edges never split a cluster.
+Two indexes, both on a grid of boxes at least the cluster radius wide (geo.grid.DistanceGrid),
+so everything within the radius of a point is in the 3 x 3 boxes around it: at most nine
+dictionary probes plus exact haversine distances, and box edges never split anything.
+
+- `FreeReports`: processed reports, inside their category's window, that belong to no
+  incident. An incident is born from them (engine: `_try_open`), never from a long-lived
+  "forming cluster": a cluster whose centre follows its members walks across a busy area,
+  merging as it goes, until it carries thousands of reports; reports found around the point
+  where agreement is tested cannot.
+- `ClusterIndex`: the open incidents by the box of their centre, each with its `Cluster`, the
+  members still inside the window (used to place a late report's validation time and to
+  un-count a flagged report).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from geoincident.detectors.independence import Independence
 from geoincident.detectors.report import Report
-from geoincident.geo.distance import WeightedCentroid, haversine_m
+from geoincident.geo.distance import haversine_m
 from geoincident.geo.grid import DistanceGrid
 
 if TYPE_CHECKING:
@@ -21,7 +29,7 @@ if TYPE_CHECKING:
 
 
 class Cluster:
-    """Reports of one category near one place, inside the sliding window."""
+    """An open incident's place in the index and its members inside the sliding window."""
 
     __slots__ = (
         "category",
@@ -29,7 +37,6 @@ class Cluster:
         "founder_id",
         "members",
         "weights",
-        "independence",
         "lat",
         "lon",
         "indexed",
@@ -37,63 +44,27 @@ class Cluster:
         "incident",
     )
 
-    def __init__(self, founder: Report, weight: float) -> None:
-        self.category = founder.category
-        self.founder_ts_ms = founder.ts_ms
-        self.founder_id = founder.id
-        self.members: list[Report] = [founder]
-        # Weights other than 1.0, by report id; None while there are none (the common case:
-        # most clusters are one report of weight 1, and a dict each would double their size).
-        self.weights: dict[str, float] | None = None if weight == 1.0 else {founder.id: weight}
-        # Most clusters never get a second member: the union-find is built when one arrives.
-        self.independence: Independence | None = None
-        self.lat = founder.lat
-        self.lon = founder.lon
+    def __init__(self, incident: Incident) -> None:
+        self.category = incident.category
+        self.founder_ts_ms, self.founder_id = incident.seniority
+        self.members: list[Report] = []
+        # Weights other than 1.0, by report id; None while there are none (the common case).
+        self.weights: dict[str, float] | None = None
+        self.lat, self.lon = incident.centre()
         self.indexed = False
         self.box = 0
-        self.incident: Incident | None = None
-
-    @classmethod
-    def for_incident(cls, incident: Incident) -> Cluster:
-        """An empty window around a restored incident: new reports nearby join it."""
-        cluster = cls.__new__(cls)
-        cluster.category = incident.category
-        cluster.founder_ts_ms, cluster.founder_id = incident.seniority
-        cluster.members = []
-        cluster.weights = None
-        cluster.independence = None
-        cluster.lat, cluster.lon = incident.centre()
-        cluster.indexed = False
-        cluster.box = 0
-        cluster.incident = incident
-        return cluster
+        self.incident = incident
 
     @property
-    def score(self) -> float:
-        if self.independence is None:
-            return self.weight_of(self.founder_id) if self.members else 0.0
-        return self.independence.score
+    def seniority(self) -> tuple[int, str]:
+        """Older incidents win merges; ties broken by the founding report's id."""
+        return (self.founder_ts_ms, self.founder_id)
 
     def weight_of(self, report_id: str) -> float:
         weights = self.weights
         return 1.0 if weights is None else weights.get(report_id, 1.0)
 
-    def _independence(self) -> Independence:
-        independence = self.independence
-        if independence is None:
-            independence = self.independence = Independence()
-            weight_of = self.weight_of
-            for member in self.members:
-                independence.add(member.reporter, member.device, weight_of(member.id))
-        return independence
-
-    @property
-    def seniority(self) -> tuple[int, str]:
-        """Older clusters win merges; ties broken by the founding report's id."""
-        return (self.founder_ts_ms, self.founder_id)
-
     def add(self, report: Report, weight: float) -> None:
-        independence = self._independence()
         members = self.members
         if not members or members[-1].ts_ms <= report.ts_ms:
             members.append(report)
@@ -103,47 +74,35 @@ class Cluster:
             if self.weights is None:
                 self.weights = {}
             self.weights[report.id] = weight
-        independence.add(report.reporter, report.device, weight)
 
-    def remove(self, report: Report) -> None:
+    def remove_id(self, report_id: str) -> None:
+        """Forget a member; members leave the window in event-time order, so it is nearly
+        always the first (no step costs time in proportion to the incident's size)."""
         members = self.members
-        if members and members[0] is report:
-            members.pop(0)
+        if members and members[0].id == report_id:
+            del members[0]
         else:
-            members.remove(report)
+            for position, member in enumerate(members):
+                if member.id == report_id:
+                    del members[position]
+                    break
         if self.weights:
-            self.weights.pop(report.id, None)
-
-    def rebuild(self, accuracy: AccuracyWeights) -> None:
-        """Recompute the window's independence and centre after members left or moved."""
-        independence = Independence()
-        centroid = WeightedCentroid()
-        weight_of = self.weight_of
-        for member in self.members:
-            independence.add(member.reporter, member.device, weight_of(member.id))
-            centroid.add(member.lat, member.lon, accuracy(member.accuracy_m))
-        self.independence = independence
-        if centroid.weight > 0.0:
-            self.lat, self.lon = centroid.latlon()
-
-    def recentre(self, accuracy: AccuracyWeights) -> None:
-        centroid = WeightedCentroid()
-        for member in self.members:
-            centroid.add(member.lat, member.lon, accuracy(member.accuracy_m))
-        if centroid.weight > 0.0:
-            self.lat, self.lon = centroid.latlon()
-
-    def window_score(self, start_ms: int, end_ms: int) -> float:
-        independence = Independence()
-        weight_of = self.weight_of
-        for member in self.members:
-            if start_ms <= member.ts_ms <= end_ms:
-                independence.add(member.reporter, member.device, weight_of(member.id))
-        return independence.score
+            self.weights.pop(report_id, None)
 
 
 def _member_key(report: Report) -> tuple[int, str]:
     return (report.ts_ms, report.id)
+
+
+def window_score(
+    members: list[tuple[Report, float]], start_ms: int, end_ms: int
+) -> tuple[float, int]:
+    """(independent weight, groups) of the members with start <= ts <= end."""
+    independence = Independence()
+    for member, weight in members:
+        if start_ms <= member.ts_ms <= end_ms:
+            independence.add(member.reporter, member.device, weight)
+    return independence.score, independence.groups
 
 
 class AccuracyWeights:
@@ -168,15 +127,83 @@ class AccuracyWeights:
         return weight
 
 
+class FreeReports:
+    """Processed reports in their window that belong to no incident, by category and box.
+
+    A box holds few reports however busy the city (its area times the local rate times the
+    window), so gathering around a point costs the same in a quiet suburb and downtown.
+    """
+
+    __slots__ = ("_boxes", "_grid", "_weights", "size")
+
+    def __init__(self, max_radius_m: float = 250.0) -> None:
+        self._boxes: dict[str, dict[int, list[Report]]] = {}
+        self._grid = DistanceGrid(max_radius_m)
+        # Weights other than 1.0 by report id (blocked reporters, weighted sources).
+        self._weights: dict[str, float] = {}
+        self.size = 0
+
+    def add(self, report: Report, weight: float) -> None:
+        boxes = self._boxes.get(report.category)
+        if boxes is None:
+            boxes = self._boxes[report.category] = {}
+        box = self._grid.box(report.lat, report.lon)
+        bucket = boxes.get(box)
+        if bucket is None:
+            boxes[box] = [report]
+        else:
+            bucket.append(report)
+        if weight != 1.0:
+            self._weights[report.id] = weight
+        self.size += 1
+
+    def remove(self, report: Report) -> None:
+        boxes = self._boxes[report.category]
+        box = self._grid.box(report.lat, report.lon)
+        bucket = boxes[box]
+        if len(bucket) == 1:
+            del boxes[box]
+        else:
+            bucket.remove(report)
+        self._weights.pop(report.id, None)
+        self.size -= 1
+
+    def weight_of(self, report: Report) -> float:
+        return self._weights.get(report.id, 1.0)
+
+    def near(
+        self, category: str, lat: float, lon: float, radius_m: float, start_ms: int, end_ms: int
+    ) -> list[tuple[Report, float]]:
+        """Free reports of a category within radius_m of the point with start <= ts <= end,
+        with their weights, in (event time, id) order."""
+        boxes = self._boxes.get(category)
+        if not boxes:
+            return []
+        weights = self._weights
+        found = []
+        for report in self._grid.gather(boxes, lat, lon):
+            ts_ms = report.ts_ms
+            if start_ms <= ts_ms <= end_ms and haversine_m(lat, lon, report.lat, report.lon) <= (
+                radius_m
+            ):
+                found.append((report, weights.get(report.id, 1.0) if weights else 1.0))
+        found.sort(key=_entry_key)
+        return found
+
+    def active_cells(self) -> int:
+        return sum(len(boxes) for boxes in self._boxes.values())
+
+
+def _entry_key(entry: tuple[Report, float]) -> tuple[int, str]:
+    return (entry[0].ts_ms, entry[0].id)
+
+
 class ClusterIndex:
-    """Clusters by category and the grid box of their centre (geo.grid.DistanceGrid: boxes at least
-    `max_radius_m` wide at every latitude, wrapping at the antimeridian).
+    """Open incidents' clusters by category and the grid box of their centre.
 
     Every cluster whose centre lies within the radius of a point is in the 3 x 3 boxes around
     the point's box, so a lookup is at most nine dict probes plus exact haversine distances, and
-    grid edges never split a cluster. The neighbourhood covers ~0.6 km² for a 250 m radius,
-    against ~5 km² for the k = 1 disk of the H3 resolution that covers it, and naming a box costs
-    a fraction of an H3 cell; H3 names the cells of the incidents themselves.
+    grid edges never split a cluster. H3 names the cells of the incidents themselves.
     """
 
     __slots__ = ("_boxes", "_rows", "size")

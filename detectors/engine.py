@@ -15,7 +15,13 @@ import heapq
 from collections.abc import Iterable
 
 from geoincident.detectors.actions import Action, ActionError
-from geoincident.detectors.clusters import AccuracyWeights, Cluster, ClusterIndex
+from geoincident.detectors.clusters import (
+    AccuracyWeights,
+    Cluster,
+    ClusterIndex,
+    FreeReports,
+    window_score,
+)
 from geoincident.detectors.events import OPENED, RESOLVED, UPDATED, IncidentEvent
 from geoincident.detectors.lifecycle import (
     STATUS_ACKNOWLEDGED,
@@ -24,11 +30,18 @@ from geoincident.detectors.lifecycle import (
     Incident,
     incident_id_for,
 )
-from geoincident.detectors.params import DetectorParams
+from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.report import Report
+from geoincident.detectors.significance import (
+    MIN_SPAN_MS,
+    Background,
+    Verdict,
+    judge,
+)
 from geoincident.detectors.surge import SurgeDetector
 from geoincident.detectors.taxonomy import UNCLASSIFIED
 from geoincident.detectors.timefmt import format_ms, parse_rfc3339_ms
+from geoincident.geo.distance import WeightedCentroid, haversine_m
 
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
@@ -48,6 +61,8 @@ class Detector:
     def __init__(self, params: DetectorParams | None = None, self_advancing: bool = True) -> None:
         self.params = params = params or DetectorParams()
         self.index = ClusterIndex(params.max_radius_m)
+        self.free = FreeReports(params.max_radius_m)
+        self.background = Background(params.significance.neighbourhood_m)
         self.accuracy = AccuracyWeights(params.default_accuracy_m, params.accuracy_floor_m)
         self.incidents: dict[str, Incident] = {}
         self.blocked_reporters: set[str] = set()
@@ -65,8 +80,16 @@ class Detector:
             TOO_LATE: 0,
         }
         self._pending: list[tuple[int, str, Report]] = []
-        self._expiry: list[tuple[int, int, str]] = []
-        self._seen: dict[str, Cluster | None] = {}
+        # (leaves the window at, sequence, report): every processed report, until it leaves
+        self._expiry: list[tuple[int, int, Report]] = []
+        # report id -> None while pending, the Report while free, its incident's Cluster after
+        self._seen: dict[str, Cluster | Report | None] = {}
+        # event time of the first report processed: rates are never divided by time not seen
+        self._first_ms: int | None = None
+        # groups that reached the threshold but not significance (a metric)
+        self.chance_groups = 0
+        # after a restore: report id -> the cluster of the incident it belonged to
+        self._restored_members: dict[str, Cluster] = {}
         self._timers: list[tuple[int, int, int, str]] = []
         self._cluster_of: dict[str, Cluster] = {}
         self._seq = 0
@@ -83,6 +106,9 @@ class Detector:
         )
         self._rebuilding = False
         self._category_params = {name: params.for_category(name) for name in params.taxonomy.names}
+        self._scales: dict[str, list[tuple[float, float]]] = {}
+        significance = params.significance
+        self._budget_per_day = significance.max_false_per_day / max(1, len(params.taxonomy.names))
 
     # ------------------------------------------------------------------ public surface
 
@@ -93,7 +119,7 @@ class Detector:
 
     @property
     def active_cells(self) -> int:
-        return self.index.active_cells()
+        return self.index.active_cells() + self.free.active_cells()
 
     def open_incidents(self) -> list[Incident]:
         return [incident for incident in self.incidents.values() if incident.is_open]
@@ -114,11 +140,9 @@ class Detector:
             drained = self.drain()
             self._accept(report)
             weight = self._weight(report)
-            events = self._process(report, True, weight)
-            if weight > 0:
-                surge_events = self.surge.observe(report)
-                if surge_events:
-                    events = [*events, *surge_events]
+            # the surge counts it first: a local incident it opens sees the surge it is part of
+            events = self.surge.observe(report) if weight > 0 else []
+            events = [*events, *self._process(report, True, weight)]
             if drained:
                 events = [*drained, *events]
             return events
@@ -182,6 +206,8 @@ class Detector:
             "blocked_reporters": sorted(self.blocked_reporters),
             "blocked_devices": sorted(self.blocked_devices),
             "seq": self._seq,
+            "first_ms": self._first_ms,
+            "chance_groups": self.chance_groups,
             "surge": self.surge.snapshot(),
         }
 
@@ -197,13 +223,19 @@ class Detector:
         self.blocked_reporters = set(snapshot["blocked_reporters"])
         self.blocked_devices = set(snapshot["blocked_devices"])
         self._seq = snapshot["seq"]
-        if "surge" in snapshot:
-            self.surge.restore(snapshot["surge"])
+        self._first_ms = snapshot["first_ms"]
+        self.chance_groups = snapshot["chance_groups"]
+        self.surge.restore(snapshot["surge"])
+        restored: dict[str, Cluster] = {}
         for incident in self.incidents.values():
-            cluster = Cluster.for_incident(incident)
+            cluster = Cluster(incident)
             self._cluster_of[incident.incident_id] = cluster
             if incident.is_open:
                 self.index.insert(cluster)
+            if incident.superseded_by is None:  # a superseded one's members are the survivor's
+                for report_id in incident.members:
+                    restored[report_id] = cluster
+        self._restored_members = restored
 
     def rebuild(self, reports: Iterable[Report]) -> None:
         """Refill the windows (local and surge) with reports read again after a restart;
@@ -236,6 +268,7 @@ class Detector:
                 self._process(report, False, self._weight(report))
         finally:
             self._rebuilding = False
+            self._restored_members = {}
 
     def block(self, reporter: str | None = None, device: str | None = None) -> None:
         """From now on, reports of this reporter/device count for nothing anywhere."""
@@ -266,10 +299,10 @@ class Detector:
             incident.acknowledged_at = format_ms(at_ms)
             if incident.status == STATUS_OPEN:
                 incident.status = STATUS_ACKNOWLEDGED
-            return [incident.event(UPDATED, at_ms, None)]
+            return [self._event(incident, UPDATED, at_ms, None)]
         if kind == "assign":
             incident.assigned_to = action.to
-            return [incident.event(UPDATED, at_ms, None)]
+            return [self._event(incident, UPDATED, at_ms, None)]
         if kind == "resolve":
             if not incident.is_open:
                 raise ActionError("already_resolved", f"{incident.incident_id} is resolved")
@@ -361,13 +394,13 @@ class Detector:
                     else:
                         source = report.source
                         weight = 1.0 if source is None else source_weights.get(source, 1.0)
-                    produced = process(report, False, weight)
-                    if produced:
-                        events.extend(produced)
                     if weight > 0:
                         produced = surge.observe(report)
                         if produced:
                             events.extend(produced)
+                    produced = process(report, False, weight)
+                    if produced:
+                        events.extend(produced)
                 else:
                     produced = process(report, False, self._weight(report))
                     if produced:
@@ -388,37 +421,20 @@ class Detector:
         expiry = self._expiry
         if not expiry or expiry[0][0] >= now_ms:
             return
-        touched: dict[int, Cluster] | None = None
         heappop = heapq.heappop
         seen = self._seen
-        index = self.index
+        free = self.free
+        background = self.background
         while expiry and expiry[0][0] < now_ms:
-            report_id = heappop(expiry)[2]
-            cluster = seen.pop(report_id, None)
-            if cluster is None:
+            report = heappop(expiry)[2]
+            background.remove(report.category, report.lat, report.lon)
+            owner = seen.pop(report.id, None)
+            if owner is None:
                 continue
-            members = cluster.members
-            if len(members) == 1 and cluster.incident is None:
-                # the common case: a lone report that found no company in its window
-                members.clear()
-                index.remove(cluster)
-                continue
-            for member in members:
-                if member.id == report_id:
-                    cluster.remove(member)
-                    break
-            if cluster.incident is None:
-                if touched is None:
-                    touched = {}
-                touched[id(cluster)] = cluster
-        if touched is None:
-            return
-        for cluster in touched.values():
-            if cluster.members:
-                cluster.rebuild(self.accuracy)
-                self.index.moved(cluster)
+            if owner.__class__ is Cluster:
+                owner.remove_id(report.id)  # type: ignore[union-attr]
             else:
-                self.index.remove(cluster)
+                free.remove(report)
 
     def _fire(self, kind: int, incident_id: str, due_ms: int, events: list[IncidentEvent]) -> None:
         incident = self.incidents.get(incident_id)
@@ -434,7 +450,7 @@ class Detector:
             events.append(self._resolve(incident, "quiet", due_ms))
         elif kind == _UPDATE:
             if incident.is_open and incident.update_due:
-                events.append(incident.event(UPDATED, due_ms, None))
+                events.append(self._event(incident, UPDATED, due_ms, None))
         elif kind == _FORGET:
             if not incident.is_open and incident.resolved_ts_ms is not None:
                 if incident.resolved_ts_ms + self.params.retain_resolved_ms <= due_ms:
@@ -459,34 +475,236 @@ class Detector:
     def _process(self, report: Report, late: bool, weight: float) -> list[IncidentEvent]:
         category = report.category
         category_params = self._category_params.get(category) or self._params_of(category)
-        near = self.index.near(category, report.lat, report.lon, category_params.radius_m)
         self._seq += 1
-        heapq.heappush(
-            self._expiry, (report.ts_ms + category_params.window_ms, self._seq, report.id)
-        )
-        if not near:
-            cluster = Cluster(report, weight)
-            self.index.insert(cluster)
-            self._seen[report.id] = cluster
-            if weight >= category_params.threshold:  # e.g. one staff report weighing 5
-                events: list[IncidentEvent] = []
-                self._check_threshold(cluster, report, late, events)
-                return events
+        heapq.heappush(self._expiry, (report.ts_ms + category_params.window_ms, self._seq, report))
+        self.background.add(category, report.lat, report.lon)
+        if self._first_ms is None or report.ts_ms < self._first_ms:
+            self._first_ms = report.ts_ms
+        if self._rebuilding:
+            self._rebuild_one(report, weight, category_params)
             return _NO_EVENTS
-        events = []
-        cluster = min(near, key=_preference)[1]
-        cluster.add(report, weight)
-        self._seen[report.id] = cluster
-        incident = cluster.incident
-        if incident is not None:
-            if not self._rebuilding:  # a rebuilt member was counted before the checkpoint
-                self._join_incident(incident, report, weight, events)
+        near = self.index.near(category, report.lat, report.lon, category_params.radius_m)
+        if near:
+            cluster = min(near, key=_preference)[1]
+            cluster.add(report, weight)
+            self._seen[report.id] = cluster
+            incident = cluster.incident
+            events: list[IncidentEvent] = []
+            self._join_incident(incident, report, weight, events)
             cluster.lat, cluster.lon = incident.centre()
+            self.index.moved(cluster)
+            self._merge_neighbours(cluster, report, events)
+            return events
+        self.free.add(report, weight)
+        self._seen[report.id] = report
+        return self._try_open(report, late, category_params)
+
+    def _rebuild_one(self, report: Report, weight: float, category_params: CategoryParams) -> None:
+        """A report read again after a restart goes back where it was: into its incident's
+        window (the checkpoint lists members) or among the free reports."""
+        cluster = self._restored_members.get(report.id)
+        if cluster is None:
+            # incidents too large to list every member fall back to the distance rule
+            near = [
+                entry
+                for entry in self.index.near(
+                    report.category, report.lat, report.lon, category_params.radius_m
+                )
+                if not entry[1].incident.members_complete
+            ]
+            if near:
+                cluster = min(near, key=_preference)[1]
+        if cluster is not None:
+            cluster.add(report, weight)
+            self._seen[report.id] = cluster
         else:
-            cluster.recentre(self.accuracy)
-            self._check_threshold(cluster, report, late, events)
-        self.index.moved(cluster)
-        self._merge_neighbours(cluster, report, events)
+            self.free.add(report, weight)
+            self._seen[report.id] = report
+
+    def _try_open(
+        self, report: Report, late: bool, category_params: CategoryParams
+    ) -> list[IncidentEvent]:
+        """Do the free reports around this one agree enough, and stand out from the background?
+
+        In order, the window is the one ending at this report. A late report can complete a
+        window that ends at a later report: the first such window wins (its end is the
+        `validated_at`), as if the report had arrived in time.
+        """
+        window_ms = category_params.window_ms
+        threshold = category_params.threshold
+        ts_ms = report.ts_ms
+        around = self.free.near(
+            report.category,
+            report.lat,
+            report.lon,
+            category_params.radius_m,
+            ts_ms - window_ms,
+            ts_ms + window_ms if late else ts_ms,
+        )
+        total = 0.0
+        for _, weight in around:
+            total += weight
+        if total < threshold:  # an upper bound of the independent weight
+            return _NO_EVENTS
+        ends = sorted({entry[0].ts_ms for entry in around if entry[0].ts_ms >= ts_ms})
+        for end_ms in ends:
+            group = [entry for entry in around if end_ms - window_ms <= entry[0].ts_ms <= end_ms]
+            if window_score(group, end_ms - window_ms, end_ms)[0] < threshold:
+                continue
+            events = self._open_group(group, end_ms, report, category_params)
+            if events is not None:
+                return events
+        return _NO_EVENTS
+
+    def _centre(self, group: list[tuple[Report, float]]) -> tuple[float, float]:
+        centroid = WeightedCentroid()
+        accuracy = self.accuracy
+        for member, _ in group:
+            centroid.add(member.lat, member.lon, accuracy(member.accuracy_m))
+        return centroid.latlon()
+
+    def _open_group(
+        self,
+        group: list[tuple[Report, float]],
+        end_ms: int,
+        trigger: Report,
+        category_params: CategoryParams,
+    ) -> list[IncidentEvent] | None:
+        """Open an incident of the free reports around the group's centre, if they pass the
+        threshold and the significance test; None when they do not."""
+        window_ms = category_params.window_ms
+        threshold = category_params.threshold
+        lat, lon = self._centre(group)
+        members = self.free.near(
+            trigger.category, lat, lon, category_params.radius_m, end_ms - window_ms, end_ms
+        )
+        if window_score(members, end_ms - window_ms, end_ms)[0] < threshold:
+            members = group
+        verdict = self._significance(members, lat, lon, end_ms, category_params)
+        if not verdict.significant:
+            self.chance_groups += 1
+            return None
+        return self._open(members, end_ms, trigger, category_params)
+
+    # ------------------------------------------------------------------ significance
+
+    def _scales_of(
+        self, category: str, category_params: CategoryParams
+    ) -> list[tuple[float, float]]:
+        scales = self._scales.get(category)
+        if scales is None:
+            significance = self.params.significance
+            radii = sorted({r for r in significance.radii_m if r < category_params.radius_m})
+            radii.append(category_params.radius_m)
+            windows = sorted({w for w in significance.windows_s if w < category_params.window_s})
+            windows.append(category_params.window_s)
+            scales = self._scales[category] = [(r, w) for r in radii for w in windows]
+        return scales
+
+    def _significance(
+        self,
+        members: list[tuple[Report, float]],
+        lat: float,
+        lon: float,
+        end_ms: int,
+        category_params: CategoryParams,
+    ) -> Verdict:
+        """The expectation-based scan test of detectors/significance.py at each scale."""
+        if not self.params.significance.enabled:
+            return _PASS
+        category = members[0][0].category
+        scales = self._scales_of(category, category_params)
+        distances = [haversine_m(lat, lon, m.lat, m.lon) for m, _ in members]
+        counts = []
+        for radius_m, window_s in scales:
+            start_ms = end_ms - int(window_s * 1000)
+            inside = [
+                entry
+                for entry, distance in zip(members, distances, strict=True)
+                if distance <= radius_m and entry[0].ts_ms >= start_ms
+            ]
+            counts.append(window_score(inside, start_ms, end_ms)[0])
+        now_ms = self.clock_ms if self.clock_ms is not None else end_ms
+        rate = self._background_rate(category, lat, lon, members, now_ms, category_params)
+        span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
+        area_rate = self.background.total(category) / span_min
+        return judge(scales, counts, rate, area_rate, self._budget_per_day)
+
+    def _span_ms(self, now_ms: int, window_ms: int) -> int:
+        """Event time a window-long count covers: the window, or less at a cold start."""
+        seen_ms = now_ms - (self._first_ms if self._first_ms is not None else now_ms)
+        return max(MIN_SPAN_MS, min(window_ms, seen_ms))
+
+    def _background_rate(
+        self,
+        category: str,
+        lat: float,
+        lon: float,
+        members: list[tuple[Report, float]],
+        now_ms: int,
+        category_params: CategoryParams,
+    ) -> float:
+        """Reports of the category per km² per minute around a group, not counting the group:
+        the highest of the neighbourhood over the local window, the surge region's short-term
+        rate and its long-term baseline, and the surge baseline floor."""
+        own = len(members)
+        count, area_km2 = self.background.around(category, lat, lon)
+        span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
+        rate = max(0, count - own) / area_km2 / span_min
+        surge = self.surge
+        region_rate = surge.region_rate_per_km2_min(category, lat, lon, members, now_ms)
+        return max(rate, region_rate)
+
+    # ------------------------------------------------------------------ incidents
+
+    def _event(
+        self, incident: Incident, name: str, at_ms: int, trigger: str | None
+    ) -> IncidentEvent:
+        """An event of a local incident, carrying the open surge of its category around it."""
+        lat, lon = incident.centre()
+        incident.surge_id = self.surge.surge_at(incident.category, lat, lon)
+        return incident.event(name, at_ms, trigger)
+
+    def _open(
+        self,
+        members: list[tuple[Report, float]],
+        validated_ms: int,
+        trigger: Report,
+        category_params: CategoryParams,
+    ) -> list[IncidentEvent]:
+        params = self.params
+        founder = members[0][0]  # members are in (event time, id) order
+        category = founder.category
+        incident = Incident(
+            incident_id_for(category, founder.ts_ms, founder.id),
+            category,
+            category_params.threshold,
+            params.resolution,
+            validated_ms,
+            params.max_report_ids,
+        )
+        incident.seniority = (founder.ts_ms, founder.id)
+        accuracy = self.accuracy
+        for member, weight in members:
+            incident.add(member, weight, accuracy(member.accuracy_m))
+        cluster = Cluster(incident)
+        free = self.free
+        seen = self._seen
+        for member, weight in members:
+            free.remove(member)
+            cluster.add(member, weight)
+            seen[member.id] = cluster
+        lat, lon = cluster.lat, cluster.lon
+        if params.geofences is not None:
+            incident.jurisdiction = params.geofences.lookup(lat, lon)
+        self.index.insert(cluster)
+        self.incidents[incident.incident_id] = incident
+        self._cluster_of[incident.incident_id] = cluster
+        emitted_ms = max(validated_ms, self.clock_ms or validated_ms)
+        incident.last_emit_ts_ms = emitted_ms
+        events = [self._event(incident, OPENED, emitted_ms, trigger.id)]
+        self._timer(incident.last_ts_ms + params.resolve_after_ms, _QUIET, incident.incident_id)
+        self._merge_neighbours(cluster, trigger, events)
         return events
 
     def _join_incident(
@@ -502,69 +720,15 @@ class Detector:
         now_ms = self.clock_ms or 0
         due_ms = incident.last_emit_ts_ms + self.params.update_interval_ms
         if now_ms >= due_ms:
-            events.append(incident.event(UPDATED, now_ms, trigger))
+            events.append(self._event(incident, UPDATED, now_ms, trigger))
         elif not incident.update_due:
             incident.update_due = True
             self._timer(due_ms, _UPDATE, incident.incident_id)
 
-    def _check_threshold(
-        self, cluster: Cluster, report: Report, late: bool, events: list[IncidentEvent]
-    ) -> None:
-        category_params = self._params_of(cluster.category)
-        threshold = category_params.threshold
-        if cluster.score < threshold or self._rebuilding:
-            return
-        validated_ms = report.ts_ms
-        if late:
-            # A late report completes a window that ends at some later member: find the first.
-            window_ms = category_params.window_ms
-            crossing = None
-            for member in cluster.members:
-                if member.ts_ms < report.ts_ms:
-                    continue
-                end_ms = member.ts_ms
-                if cluster.window_score(end_ms - window_ms, end_ms) >= threshold:
-                    crossing = end_ms
-                    break
-            if crossing is None:
-                return
-            validated_ms = crossing
-        self._open(cluster, validated_ms, report.id, events)
-
-    def _open(
-        self, cluster: Cluster, validated_ms: int, trigger: str, events: list[IncidentEvent]
-    ) -> None:
-        params = self.params
-        category_params = self._params_of(cluster.category)
-        incident = Incident(
-            incident_id_for(cluster.category, cluster.founder_ts_ms, cluster.founder_id),
-            cluster.category,
-            category_params.threshold,
-            params.resolution,
-            validated_ms,
-            params.max_report_ids,
-        )
-        for member in cluster.members:
-            incident.add(member, cluster.weight_of(member.id), self.accuracy(member.accuracy_m))
-        lat, lon = incident.centre()
-        if params.geofences is not None:
-            incident.jurisdiction = params.geofences.lookup(lat, lon)
-        cluster.incident = incident
-        cluster.lat, cluster.lon = lat, lon
-        self.incidents[incident.incident_id] = incident
-        incident.seniority = cluster.seniority
-        self._cluster_of[incident.incident_id] = cluster
-        emitted_ms = max(validated_ms, self.clock_ms or validated_ms)
-        incident.last_emit_ts_ms = emitted_ms
-        events.append(incident.event(OPENED, emitted_ms, trigger))
-        self._timer(incident.last_ts_ms + params.resolve_after_ms, _QUIET, incident.incident_id)
-
     def _merge_neighbours(
         self, cluster: Cluster, report: Report, events: list[IncidentEvent]
     ) -> None:
-        """Clusters whose centres came within the radius of each other become one."""
-        if self._rebuilding:
-            return
+        """Incidents whose centres came within the radius of each other become one."""
         radius_m = self._params_of(cluster.category).radius_m
         for _ in range(64):  # a cascade ends quickly; the bound only guards against a cycle
             others = [
@@ -577,7 +741,7 @@ class Detector:
             if not others:
                 return
             other = min(others, key=_preference)[1]
-            if _survives(cluster, other):
+            if cluster.seniority <= other.seniority:
                 survivor, loser = cluster, other
             else:
                 survivor, loser = other, cluster
@@ -594,29 +758,14 @@ class Detector:
             seen[member.id] = survivor
         kept, gone = survivor.incident, loser.incident
         now_ms = self.clock_ms or report.ts_ms
-        if kept is not None and gone is not None:
-            gone.superseded_by = kept.incident_id
-            events.append(self._resolve(gone, "superseded", now_ms))
-            groups_before = kept.independence.groups
-            kept.absorb(gone)
-            if kept.independence.groups > groups_before:
-                self._updated(kept, report.id, events)
-            kept.last_ts_ms = max(kept.last_ts_ms, gone.last_ts_ms)
-        elif kept is not None:
-            new_reporters = False
-            for member in loser.members:
-                position_weight = self.accuracy(member.accuracy_m)
-                if kept.add(member, loser.weight_of(member.id), position_weight):
-                    new_reporters = True
-            if new_reporters:
-                self._updated(kept, report.id, events)
-        if kept is not None:
-            survivor.lat, survivor.lon = kept.centre()
-        else:
-            survivor.rebuild(self.accuracy)
-            self._check_threshold(survivor, report, False, events)
-            if survivor.incident is not None:
-                survivor.lat, survivor.lon = survivor.incident.centre()
+        gone.superseded_by = kept.incident_id
+        events.append(self._resolve(gone, "superseded", now_ms))
+        groups_before = kept.independence.groups
+        kept.absorb(gone)
+        if kept.independence.groups > groups_before:
+            self._updated(kept, report.id, events)
+        kept.last_ts_ms = max(kept.last_ts_ms, gone.last_ts_ms)
+        survivor.lat, survivor.lon = kept.centre()
         self.index.moved(survivor)
 
     # ------------------------------------------------------------------ lifecycle
@@ -629,7 +778,7 @@ class Detector:
         if cluster is not None:
             self.index.remove(cluster)
         self._timer(at_ms + self.params.retain_resolved_ms, _FORGET, incident.incident_id)
-        return incident.event(RESOLVED, at_ms, None)
+        return self._event(incident, RESOLVED, at_ms, None)
 
     def _reopen(self, incident: Incident, at_ms: int) -> list[IncidentEvent]:
         if incident.is_open:
@@ -647,7 +796,7 @@ class Detector:
         self._timer(
             incident.last_ts_ms + self.params.resolve_after_ms, _QUIET, incident.incident_id
         )
-        return [incident.event(UPDATED, at_ms, None)]
+        return [self._event(incident, UPDATED, at_ms, None)]
 
     def _flag(self, incident: Incident, report_id: str, at_ms: int) -> list[IncidentEvent]:
         if report_id not in incident.members:
@@ -662,26 +811,16 @@ class Detector:
         incident.rescore_without(report_id)
         cluster = self._cluster_of.get(incident.incident_id)
         if cluster is not None:
-            for member in cluster.members:
-                if member.id == report_id:
-                    cluster.remove(member)
-                    break
+            cluster.remove_id(report_id)
         if incident.is_open and incident.independence.score < incident.threshold:
             return [self._resolve(incident, "retracted", at_ms)]
-        return [incident.event(UPDATED, at_ms, None)]
+        return [self._event(incident, UPDATED, at_ms, None)]
 
 
-def _preference(entry: tuple[float, Cluster]) -> tuple[int, float, int, str]:
-    """Join an open incident before a forming cluster; then the nearest; then the oldest."""
+def _preference(entry: tuple[float, Cluster]) -> tuple[float, int, str]:
+    """Join the nearest incident; ties go to the oldest."""
     distance, cluster = entry
-    return (0 if cluster.incident is not None else 1, distance, *cluster.seniority)
+    return (distance, *cluster.seniority)
 
 
-def _survives(a: Cluster, b: Cluster) -> bool:
-    """Which of two merging clusters keeps its identity: an incident over a forming cluster,
-    then the older one."""
-    a_incident = a.incident is not None
-    b_incident = b.incident is not None
-    if a_incident != b_incident:
-        return a_incident
-    return a.seniority <= b.seniority
+_PASS = Verdict(True, 0.0, 0.0, 0.0, 0.0, 0.0)

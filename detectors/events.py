@@ -49,6 +49,9 @@ class IncidentEvent:
     acknowledged_at: str | None = None
     assigned_to: str | None = None
     superseded_by: str | None = None
+    # A local incident inside an open surge of its category: the surge's incident_id
+    # (always present on local incidents, null outside any surge; absent on surges).
+    surge_id: str | None = None
     # Not part of the JSON: the id of the report whose processing produced this event, so the
     # worker can measure detection latency from that report's arrival.
     trigger_report_id: str | None = field(default=None, compare=False)
@@ -82,6 +85,8 @@ class IncidentEvent:
         body["sources"] = self.sources
         body["jurisdiction"] = self.jurisdiction
         body["status"] = self.status
+        if self.kind == KIND_LOCAL:
+            body["surge_id"] = self.surge_id
         for name in (
             "resolved_reason",
             "surge",

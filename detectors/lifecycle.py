@@ -88,6 +88,7 @@ class Incident:
         "history",
         "max_report_ids",
         "seniority",
+        "surge_id",
     )
 
     def __init__(
@@ -131,6 +132,8 @@ class Incident:
         self.history: list[dict] = []
         self.max_report_ids = max_report_ids
         self.seniority: tuple[int, str] = (validated_ts_ms, incident_id)
+        # the open surge of this category around the incident when it last emitted, if any
+        self.surge_id: str | None = None
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -255,5 +258,6 @@ class Incident:
             acknowledged_at=self.acknowledged_at,
             assigned_to=self.assigned_to,
             superseded_by=self.superseded_by,
+            surge_id=self.surge_id,
             trigger_report_id=trigger_report_id,
         )

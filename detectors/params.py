@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
 from geoincident.detectors.taxonomy import Taxonomy
 from geoincident.geo.fences import Geofences
@@ -40,6 +41,7 @@ class DetectorParams:
     taxonomy: Taxonomy = field(default_factory=Taxonomy)
     geofences: Geofences | None = None
     surge: SurgeParams = SurgeParams()
+    significance: SignificanceParams = SignificanceParams()
 
     def for_category(self, category: str) -> CategoryParams:
         return self.categories.get(category, self.defaults)

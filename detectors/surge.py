@@ -43,13 +43,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import h3
+from h3.api.basic_int import grid_disk as _grid_disk
 from h3.api.basic_int import latlng_to_cell as _latlng_to_cell
 
 from geoincident.detectors.events import KIND_SURGE, OPENED, RESOLVED, UPDATED, IncidentEvent
 from geoincident.detectors.independence import Independence
 from geoincident.detectors.report import Report
 from geoincident.detectors.timefmt import format_ms
-from geoincident.geo.cells import cell_of, region_polygon
+from geoincident.geo.cells import cell_of, regions_polygon
 from geoincident.geo.distance import haversine_m
 
 BUCKET_MS = 60_000
@@ -178,6 +179,7 @@ class _Surge:
         "lon",
         "h3_cell",
         "radius_m",
+        "keys",
     )
 
     def __init__(self, incident_id: str, validated_ms: int, independence: Independence) -> None:
@@ -203,6 +205,9 @@ class _Surge:
         self.lon = 0.0
         self.h3_cell = ""
         self.radius_m = 0.0
+        # The keys surging together as this one outbreak: the first opened it, adjacent regions
+        # (any language) surging in the same category joined it.
+        self.keys: list[Key] = []
 
     def add(self, entry: _Entry, max_report_ids: int, track: bool) -> None:
         ts_ms, report_id, reporter, device, source = entry
@@ -279,6 +284,10 @@ class SurgeDetector:
         self._keys: dict[Key, _KeyState] = {}
         self._sparse: dict[Key, list[_Entry]] = {}
         self._open: dict[str, Key] = {}
+        # (region, category) -> the open surge covering it; languages seen (keys are per language)
+        self._open_at: dict[tuple[int, str], _Surge] = {}
+        self._langs: set[str] = set()
+        self._region_area: dict[int, float] = {}
         self._timers: list[tuple[int, int, int, Key | None, str | None]] = []
         self._seq = 0
         self._sweep_scheduled = False
@@ -361,9 +370,12 @@ class SurgeDetector:
                 elif not surge.update_due:
                     surge.update_due = True
                     self._timer(due_ms, _UPDATE, key.ident, surge.incident_id)
-        elif len(key.window) >= self._min_count:
+        elif len(key.window) >= self._min_count or (
+            self._open_at and len(key.window) * 2 >= self._min_count
+        ):
             # The window may still hold expired entries, so its length bounds the count from
-            # above: below the minimum no surge can open, and the baseline need not be computed.
+            # above: below the minimum no surge can open (nor, below half of it, join an open
+            # one), and the baseline need not be computed.
             self._maybe_open(key, now, report.id, events)
         return events
 
@@ -409,6 +421,54 @@ class SurgeDetector:
     def is_open(self, incident_id: str) -> bool:
         return incident_id in self._open
 
+    def surge_at(self, category: str, lat: float, lon: float) -> str | None:
+        """The id of the open surge of a category whose area holds the point, if any."""
+        if not self._open_at:
+            return None
+        region = _latlng_to_cell(lat, lon, self._region_resolution)
+        surge = self._open_at.get((region, category))
+        return surge.incident_id if surge is not None else None
+
+    def region_rate_per_km2_min(
+        self,
+        category: str,
+        lat: float,
+        lon: float,
+        members: Iterable[tuple[Report, float]],
+        now_ms: int,
+    ) -> float:
+        """The background of a category in the region around a point, per km² per minute, not
+        counting `members` (a group being judged): the highest of the region's short-term rate
+        (all languages; over the event time seen, at a cold start), its long-term baseline and
+        the baseline floor. A significance estimate for local incidents (engine)."""
+        region = _latlng_to_cell(lat, lon, self._region_resolution)
+        area_km2 = self._region_area.get(region)
+        if area_km2 is None:
+            area_km2 = self._region_area[region] = h3.cell_area(h3.int_to_str(region), unit="km^2")
+        now = self.clock_ms
+        if not self.params.enabled or now is None or self.origin_bucket is None:
+            return self._floor / area_km2
+        count = 0
+        baseline = 0.0
+        cutoff = now - self._window_ms
+        for lang in self._langs:
+            ident = (region, category, lang)
+            key = self._keys.get(ident)
+            if key is not None:
+                key_count, _, estimate, _ = self._measure(key, now)
+                count += key_count
+                if estimate is not None:
+                    baseline += estimate
+            else:
+                held = self._sparse.get(ident)
+                if held:
+                    count += sum(1 for entry in held if entry[0] > cutoff)
+        own = sum(1 for member, _ in members if member.ts_ms > cutoff)
+        seen_ms = now - self.origin_bucket * BUCKET_MS
+        span_min = max(BUCKET_MS, min(self._window_ms, seen_ms)) / BUCKET_MS
+        short = max(0, count - own) / span_min
+        return max(short, baseline, self._floor) / area_km2
+
     def snapshot(self) -> dict:
         """The durable state: per key its baseline (EWMA), open surge and cooldown; timers and
         clocks. Short windows, unfolded minute counts and quiet keys' last reports are not in
@@ -447,6 +507,13 @@ class SurgeDetector:
         self.origin_bucket = snapshot["origin_bucket"]
         self._sweep_scheduled = snapshot["sweep_scheduled"]
         self._sparse = {}
+        self._langs = {ident[2] for ident in keys}
+        self._open_at = {}
+        for ident in self._open.values():
+            surge = keys[ident].surge
+            assert surge is not None
+            for member in surge.keys:
+                self._open_at[(member[0], member[1])] = surge
 
     def rebuild(self, reports: Iterable[Report]) -> None:
         """Refill the windows with reports observed before the snapshot, read again from the
@@ -509,11 +576,15 @@ class SurgeDetector:
             if surge.update_due:
                 events.append(self._emit(key, surge, UPDATED, due_ms, None))
             return
-        # _CHECK, on a minute boundary
-        count, _, _, ratio = self._measure(key, due_ms)
-        surge.peak_ratio = max(surge.peak_ratio, ratio)
+        # _CHECK, on a minute boundary: calm when every region of the surge is calm
         params = self.params
-        if ratio * 2 < params.min_ratio or count * 2 < params.min_count:
+        calm = True
+        for ident in surge.keys:
+            count, _, _, ratio = self._measure(self._keys[ident], due_ms)
+            surge.peak_ratio = max(surge.peak_ratio, ratio)
+            if not (ratio * 2 < params.min_ratio or count * 2 < params.min_count):
+                calm = False
+        if calm:
             if surge.calm_since_ms is None:
                 surge.calm_since_ms = due_ms
             if due_ms - surge.calm_since_ms >= self._resolve_ms:
@@ -563,6 +634,7 @@ class SurgeDetector:
         remembered as its last few reports, which join the key's window (returned) once it
         gets busier."""
         ts_ms = entry[0]
+        self._langs.add(key_id[2])
         held = [e for e in self._sparse.get(key_id, ()) if e[0] > ts_ms - self._window_ms]
         held.append(entry)
         if len(held) < PROMOTE_AFTER:
@@ -684,14 +756,26 @@ class SurgeDetector:
         count, _, estimate, ratio = self._measure(key, now_ms)
         if estimate is None:
             return
-        if count < params.min_count or ratio < params.min_ratio:
-            return
-        if len(key.reporters) < params.min_independent:  # cheap upper bound first
+        # One outbreak, one surge: a region next to an open surge of the category joins it at
+        # the levels that keep a surge open (half the thresholds, the hysteresis of `_fire`).
+        adjacent = self._adjacent_surge(key) if self._open_at else None
+        if adjacent is not None:
+            if count * 2 < params.min_count or ratio * 2 < params.min_ratio:
+                return
+            needed = (params.min_independent + 1) // 2
+        else:
+            if count < params.min_count or ratio < params.min_ratio:
+                return
+            needed = params.min_independent
+        if len(key.reporters) < needed:  # cheap upper bound first
             return
         independence = Independence()
         for _, _, reporter, device, _ in key.window:
             independence.add(reporter, device, 1.0)
-        if independence.groups < params.min_independent:
+        if independence.groups < needed:
+            return
+        if adjacent is not None:
+            self._join(key, adjacent, now_ms, trigger, events)
             return
         region = key.region
         incident_id = surge_id_for(region, key.category, key.lang, now_ms // BUCKET_MS * BUCKET_MS)
@@ -702,34 +786,87 @@ class SurgeDetector:
         surge.first_ms = key.window[0][0]
         surge.last_ms = key.window[-1][0]  # the window is in event-time order
         surge.peak_ratio = ratio
-        centre_lat, centre_lon = h3.cell_to_latlng(region)
+        surge.keys = [key.ident]
+        self._place(surge)
+        key.surge = surge
+        self._open[incident_id] = key.ident
+        self._open_at[(key.ident[0], key.category)] = surge
+        events.append(self._emit(key, surge, OPENED, now_ms, trigger))
+        next_minute = (now_ms // BUCKET_MS + 1) * BUCKET_MS
+        self._timer(next_minute, _CHECK, key.ident, incident_id)
+
+    def _adjacent_surge(self, key: _KeyState) -> _Surge | None:
+        """The oldest open surge of the key's category in its region or a neighbouring one."""
+        category = key.category
+        found: _Surge | None = None
+        for region in _grid_disk(key.ident[0], 1):
+            surge = self._open_at.get((region, category))
+            if surge is not None and (
+                found is None
+                or (surge.validated_ms, surge.incident_id) < (found.validated_ms, found.incident_id)
+            ):
+                found = surge
+        return found
+
+    def _join(
+        self, key: _KeyState, surge: _Surge, now_ms: int, trigger: str, events: list[IncidentEvent]
+    ) -> None:
+        """A key becomes part of an open surge: its window counts, its region joins the area."""
+        key.surge = surge
+        surge.keys.append(key.ident)
+        self._open_at[(key.ident[0], key.category)] = surge
+        for entry in key.window:
+            surge.add(entry, self.max_report_ids, track=True)
+        self._place(surge)
+        primary = self._keys[surge.keys[0]]
+        due_ms = surge.last_emit_ms + self._update_ms
+        if now_ms >= due_ms:
+            events.append(self._emit(primary, surge, UPDATED, now_ms, trigger))
+        elif not surge.update_due:
+            surge.update_due = True
+            self._timer(due_ms, _UPDATE, primary.ident, surge.incident_id)
+
+    def _place(self, surge: _Surge) -> None:
+        """Centre, cell and radius of a surge's area (its regions' centres' mean)."""
+        regions = sorted({h3.int_to_str(ident[0]) for ident in surge.keys})
+        centres = [h3.cell_to_latlng(region) for region in regions]
+        centre_lat = sum(lat for lat, _ in centres) / len(centres)
+        centre_lon = sum(lon for _, lon in centres) / len(centres)
         surge.lat = round(centre_lat, 7)
         surge.lon = round(centre_lon, 7)
         surge.h3_cell = cell_of(surge.lat, surge.lon, self.cell_resolution)
         radius_m = max(
             haversine_m(surge.lat, surge.lon, v_lat, v_lon)
+            for region in regions
             for v_lat, v_lon in h3.cell_to_boundary(region)
         )
         surge.radius_m = round(math.ceil(radius_m * 10.0) / 10.0, 1)
-        key.surge = surge
-        self._open[incident_id] = key.ident
-        events.append(self._emit(key, surge, OPENED, now_ms, trigger))
-        next_minute = (now_ms // BUCKET_MS + 1) * BUCKET_MS
-        self._timer(next_minute, _CHECK, key.ident, incident_id)
 
     def _resolve(self, key: _KeyState, surge: _Surge, at_ms: int, reason: str) -> IncidentEvent:
         surge.status = STATUS_RESOLVED
         surge.resolved_reason = reason
         event = self._emit(key, surge, RESOLVED, at_ms, None)
-        key.surge = None
-        key.cooldown_until_ms = at_ms + self._cooldown_ms
+        for ident in surge.keys:
+            member = self._keys[ident]
+            member.surge = None
+            member.cooldown_until_ms = at_ms + self._cooldown_ms
+            if self._open_at.get((ident[0], ident[1])) is surge:
+                del self._open_at[(ident[0], ident[1])]
         del self._open[surge.incident_id]
         return event
 
     def _emit(
         self, key: _KeyState, surge: _Surge, name: str, now_ms: int, trigger: str | None
     ) -> IncidentEvent:
-        _, rate, estimate, ratio = self._measure(key, now_ms)
+        key = self._keys[surge.keys[0]]  # the region that opened it names the surge
+        rate = 0.0
+        baseline = 0.0
+        for ident in surge.keys:
+            _, key_rate, estimate, _ = self._measure(self._keys[ident], now_ms)
+            rate += key_rate
+            baseline += self._used(estimate)
+        ratio = rate / baseline
+        regions = sorted({h3.int_to_str(ident[0]) for ident in surge.keys})
         surge.version += 1
         surge.last_emit_ms = max(surge.last_emit_ms, now_ms)
         groups = surge.independence.groups
@@ -744,8 +881,8 @@ class SurgeDetector:
             lat=surge.lat,
             lon=surge.lon,
             h3_cell=surge.h3_cell,
-            cells=(key.region,),
-            geometry=region_polygon(key.region),
+            cells=tuple(regions),
+            geometry=regions_polygon(regions),
             radius_m=surge.radius_m,
             first_report_at=format_ms(surge.first_ms),
             validated_at=format_ms(surge.validated_ms),
@@ -763,8 +900,9 @@ class SurgeDetector:
             resolved_reason=surge.resolved_reason,
             surge={
                 "region": key.region,
+                "regions": regions,
                 "rate_per_min": round(rate, 3),
-                "baseline_per_min": round(self._used(estimate), 3),
+                "baseline_per_min": round(baseline, 3),
                 "ratio": round(ratio, 3),
                 "window_s": round(self.params.short_window_s),
                 "lang": key.lang,

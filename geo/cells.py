@@ -74,3 +74,16 @@ def region_polygon(cell: str) -> dict:
     ring = [[round(lon, 7), round(lat, 7)] for lat, lon in h3.cell_to_boundary(cell)]
     ring.append(ring[0])
     return {"type": "Polygon", "coordinates": [ring]}
+
+
+def regions_polygon(cells: Iterable[str]) -> dict:
+    """GeoJSON Polygon of the union of H3 cells (a surge over adjacent regions); the convex
+    hull of their boundaries if they are not one connected area."""
+    cells = sorted(cells)
+    if len(cells) == 1:
+        return region_polygon(cells[0])
+    shape = h3.cells_to_geo(cells)
+    if shape["type"] != "Polygon":
+        return covering_polygon(cells)
+    rings = [[[round(x, 7), round(y, 7)] for x, y in ring] for ring in shape["coordinates"]]
+    return {"type": "Polygon", "coordinates": rings}

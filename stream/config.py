@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from geoincident.detectors.params import CategoryParams, DetectorParams
+from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
 from geoincident.detectors.taxonomy import DEFAULT_TAXONOMY, Category, Taxonomy
 from geoincident.geo.fences import GeofenceError, Geofences
@@ -68,6 +69,23 @@ class CategoryOverride(_Section):
     radius_m: float | None = Field(default=None, gt=0, le=50_000)
 
 
+class SignificanceConfig(_Section):
+    enabled: bool = True
+    max_false_per_day: float = Field(default=1.0, gt=0)
+    radii_m: list[float] = Field(default_factory=lambda: [50.0, 100.0, 250.0], min_length=1)
+    windows_s: list[float] = Field(
+        default_factory=lambda: [180.0, 300.0, 600.0, 900.0], min_length=1
+    )
+    neighbourhood_m: float = Field(default=1000.0, gt=0, le=50_000)
+
+    @field_validator("radii_m", "windows_s")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(not item > 0 for item in value):
+            raise ValueError("every value must be > 0")
+        return value
+
+
 class DetectionConfig(_Section):
     resolution: int = Field(default=10, ge=0, le=15)
     threshold: float = Field(default=5.0, gt=0)
@@ -84,6 +102,7 @@ class DetectionConfig(_Section):
     geofences: str | None = None
     source_weights: dict[str, float] = Field(default_factory=dict)
     categories: dict[str, CategoryOverride] = Field(default_factory=dict)
+    significance: SignificanceConfig = SignificanceConfig()
 
     @field_validator("source_weights")
     @classmethod
@@ -224,6 +243,13 @@ class Settings(BaseSettings):
             taxonomy=taxonomy,
             geofences=geofences,
             surge=SurgeParams(**self.surge.model_dump()),
+            significance=SignificanceParams(
+                enabled=detection.significance.enabled,
+                max_false_per_day=detection.significance.max_false_per_day,
+                radii_m=tuple(detection.significance.radii_m),
+                windows_s=tuple(detection.significance.windows_s),
+                neighbourhood_m=detection.significance.neighbourhood_m,
+            ),
         )
 
 

@@ -33,7 +33,7 @@ log = logging.getLogger("geoincident.worker")
 
 MARK_SPAN_MS = 1000
 _NO_PARTITION = 2**62  # no partition counts for the watermark (yet)
-CHECKPOINT_VERSION = 2  # 2: surge windows rebuilt from the input, not saved
+CHECKPOINT_VERSION = 3  # 3: free reports and significance; a surge spans several regions
 
 
 @dataclass(slots=True)
