@@ -286,7 +286,8 @@ class SurgeDetector:
         self._open: dict[str, Key] = {}
         # (region, category) -> the open surge covering it; languages seen (keys are per language)
         self._open_at: dict[tuple[int, str], _Surge] = {}
-        self._langs: set[str] = set()
+        # sorted, so sums over languages add up in the same order in every process
+        self._langs: tuple[str, ...] = ()
         self._region_area: dict[int, float] = {}
         self._timers: list[tuple[int, int, int, Key | None, str | None]] = []
         self._seq = 0
@@ -507,7 +508,7 @@ class SurgeDetector:
         self.origin_bucket = snapshot["origin_bucket"]
         self._sweep_scheduled = snapshot["sweep_scheduled"]
         self._sparse = {}
-        self._langs = {ident[2] for ident in keys}
+        self._langs = tuple(sorted({ident[2] for ident in keys}))
         self._open_at = {}
         for ident in self._open.values():
             surge = keys[ident].surge
@@ -634,7 +635,8 @@ class SurgeDetector:
         remembered as its last few reports, which join the key's window (returned) once it
         gets busier."""
         ts_ms = entry[0]
-        self._langs.add(key_id[2])
+        if key_id[2] not in self._langs:
+            self._langs = tuple(sorted({*self._langs, key_id[2]}))
         held = [e for e in self._sparse.get(key_id, ()) if e[0] > ts_ms - self._window_ms]
         held.append(entry)
         if len(held) < PROMOTE_AFTER:

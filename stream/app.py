@@ -334,6 +334,7 @@ class Worker:
             state_reports=detector.state_reports,
             open_incidents=open_by_category,
             event_time_lag_s=self.core.event_time_lag_s(current),
+            chance_groups=detector.chance_groups,
         )
         topic = self.settings.topics.reports
         lags: dict[tuple[str, int], int] = {}

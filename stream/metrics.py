@@ -152,9 +152,16 @@ class WorkerMetrics:
         )
         self.active_cells = Gauge(
             "geoincident_active_cells",
-            "H3 cells holding at least one report in detector state.",
+            "Grid boxes holding a report waiting to agree or an open incident.",
             registry=registry,
         )
+        self.chance_groups_total = Counter(
+            "geoincident_chance_groups_total",
+            "Groups of agreeing reports that reached the threshold but did not stand out from "
+            "the local background (not opened as incidents).",
+            registry=registry,
+        )
+        self._chance_groups_seen: int | None = None
         self.state_reports = Gauge(
             "geoincident_state_reports",
             "Reports held in detector state (they live for window + allowed lateness).",
@@ -267,12 +274,19 @@ class WorkerMetrics:
         state_reports: int | None = None,
         open_incidents: Mapping[str, int] | None = None,
         event_time_lag_s: float | None = None,
+        chance_groups: int | None = None,
     ) -> None:
         """Publish the detector's state size; arguments left as None keep their last value.
 
         ``open_incidents`` is the complete per-category picture: a category missing from it
         is set to 0 (its last incident was resolved), not left at its old value.
         """
+        if chance_groups is not None:
+            # the detector's running count (checkpointed) becomes a counter of this process
+            seen = self._chance_groups_seen
+            if seen is not None and chance_groups > seen:
+                self.chance_groups_total.inc(chance_groups - seen)
+            self._chance_groups_seen = chance_groups
         if active_cells is not None:
             self.active_cells.set(active_cells)
         if state_reports is not None:

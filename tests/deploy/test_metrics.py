@@ -48,6 +48,7 @@ def test_contract_metrics_exist_with_their_types() -> None:
     assert found["geoincident_event_time_lag_seconds"] == "gauge"
     assert found["geoincident_active_cells"] == "gauge"
     assert found["geoincident_state_reports"] == "gauge"
+    assert found["geoincident_chance_groups"] == "counter"
     assert found["geoincident_consumer_lag"] == "gauge"
     assert found["geoincident_build_info"] == "gauge"
 
@@ -172,6 +173,16 @@ def test_state_gauges_and_resolved_categories_fall_to_zero() -> None:
     assert value(metrics, "geoincident_open_incidents", category="gas_leak") == 0
     metrics.set_event_time_lag(3.0)
     assert value(metrics, "geoincident_event_time_lag_seconds") == 3.0
+
+
+def test_chance_groups_count_what_the_detector_counted_since_the_worker_started() -> None:
+    metrics = WorkerMetrics()
+    metrics.set_state(chance_groups=40)  # restored from a checkpoint: history, not this process
+    assert value(metrics, "geoincident_chance_groups_total") == 0
+    metrics.set_state(chance_groups=43)
+    metrics.set_state(chance_groups=43)
+    metrics.set_state(chance_groups=50)
+    assert value(metrics, "geoincident_chance_groups_total") == 10
 
 
 def test_consumer_lag_forgets_partitions_lost_in_a_rebalance() -> None:
