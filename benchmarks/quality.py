@@ -2,6 +2,7 @@
 naive baseline on the same streams. Writes docs/quality.md (``make quality``).
 
 The document holds no wall-clock numbers, so it only changes when the detector's decisions do.
+Its density section (``benchmarks/density.py``) is carried over as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from geoincident.sim.simulate import FAMILIES, SimParams, report_to_json, simula
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SEEDS = (1, 2, 3, 4, 5)
 DEFAULT_HOURS = 6.0
+# benchmarks/density.py owns the text between these markers, under its heading.
+DENSITY_HEADING = "## Density"
+DENSITY_BEGIN = "<!-- density:begin -->"
+DENSITY_END = "<!-- density:end -->"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +199,16 @@ def render_markdown(results: Sequence[SeedResult], hours: float) -> str:
     return "\n".join(out) + "\n"
 
 
+def density_section(document: str) -> str:
+    """The density section of an existing document, heading to end marker, or ""."""
+    begin = document.find(DENSITY_BEGIN)
+    end = document.find(DENSITY_END, begin)
+    if begin < 0 or end < 0:
+        return ""
+    heading = document.rfind(DENSITY_HEADING, 0, begin)
+    return document[heading if heading >= 0 else begin : end + len(DENSITY_END)] + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
@@ -215,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
             results.append(result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render_markdown(results, args.hours))
+    kept = density_section(args.output.read_text()) if args.output.exists() else ""
+    args.output.write_text(render_markdown(results, args.hours) + ("\n" + kept if kept else ""))
     print(f"wrote {args.output}", file=sys.stderr)
 
 

@@ -7,20 +7,27 @@ conflict had to be resolved).
 
 Arrival order is event time plus a heavy-tailed delay that stays below the allowed lateness, so a
 detector that honours the lateness bound must decide exactly as if the stream were sorted.
+
+Busy cities are opt-in (``background_per_min``, ``hotspots``, ``daily_cycle``, ``outbreak``):
+each draws from streams of its own, so with none of them set the output is byte for byte what
+it was before they existed.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from operator import attrgetter
 from types import MappingProxyType
 
 import h3
 import msgspec
 
 from .common import (
+    M_PER_DEG_LAT,
     QUARTER_HOUR_MS,
     format_ts_offset,
     format_ts_utc,
@@ -32,6 +39,7 @@ from .taxonomy import CATEGORY_NAMES, DEFAULT_TAXONOMY
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 
 LOCAL_FAMILIES = (
     "true",
@@ -47,6 +55,9 @@ LOCAL_FAMILIES = (
     "scatter",
 )
 FAMILIES = (*LOCAL_FAMILIES, "surge")
+# Not a --families family: planted by SimParams.outbreak (--outbreak), at most one per stream.
+OUTBREAK_FAMILY = "outbreak"
+SURGE_FAMILIES = ("surge", OUTBREAK_FAMILY)
 
 EXPECT_BY_FAMILY = MappingProxyType(
     {
@@ -62,6 +73,7 @@ EXPECT_BY_FAMILY = MappingProxyType(
         "trickle": "none",
         "scatter": "none",
         "surge": "surge",
+        OUTBREAK_FAMILY: "surge",
     }
 )
 
@@ -99,6 +111,9 @@ FAMILY_NOTES = MappingProxyType(
         "scatter": "6 reporters spread over ~3 km",
         "surge": "district-wide surge (H3 res-6 region); its reports are spread over the region "
         "and should not form local incidents",
+        OUTBREAK_FAMILY: "one category reported by many fresh reporters over a district disk "
+        "centred on an H3 res-6 vertex, so it straddles several res-6 regions: one surge "
+        "expected, and its local clumps linked to that surge",
     }
 )
 
@@ -138,6 +153,151 @@ def _city_bbox(lat: float, lon: float, size_km: float) -> BBox:
 DEFAULT_BBOX = _city_bbox(47.60, -122.33, 20.0)
 DEFAULT_START_MS = parse_ts_ms("2026-11-24T06:00:00Z")
 
+DOWNTOWN_RADIUS_M = 2000.0
+# A street: about five blocks long, the carriageway and both pavements wide.
+NIGHTLIFE_LENGTH_M = 1500.0
+NIGHTLIFE_WIDTH_M = 70.0
+HOTSPOT_FACTORS = MappingProxyType({"downtown": 5.0, "nightlife": 10.0})
+HOTSPOT_NAMES = tuple(HOTSPOT_FACTORS)
+# Big enough to reach into the three res-6 cells (~3.7 km edges) that meet at its centre.
+OUTBREAK_RADIUS_M = 2500.0
+
+
+class OptionError(ValueError):
+    """A parameter that cannot be honoured, naming the command-line option it comes from."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass(frozen=True, slots=True)
+class DailyCycle:
+    """A rate multiplier over the UTC hours of event time: a half-cosine from ``low`` at
+    ``low_hour`` up to ``high`` at ``high_hour``, and another one back down. Each half averages
+    its two ends, so the day's mean is (low + high) / 2 whatever the two hours are."""
+
+    low_hour: float
+    low: float
+    high_hour: float
+    high: float
+
+    @property
+    def peak(self) -> float:
+        return max(self.low, self.high)
+
+    def factor(self, ts_ms: int) -> float:
+        hour = (ts_ms % DAY_MS) / HOUR_MS
+        rise_h = (self.high_hour - self.low_hour) % 24
+        since_low_h = (hour - self.low_hour) % 24
+        if since_low_h <= rise_h:
+            up = since_low_h / rise_h
+        else:
+            up = 1.0 - (since_low_h - rise_h) / (24 - rise_h)
+        return self.low + (self.high - self.low) * (1.0 - math.cos(math.pi * up)) / 2
+
+    def to_json(self) -> dict:
+        return {
+            "low_hour_utc": self.low_hour,
+            "low": self.low,
+            "high_hour_utc": self.high_hour,
+            "high": self.high,
+        }
+
+
+# Mean 1.0 each: the cycle moves reports around the day without changing the day's total.
+CITY_CYCLE = DailyCycle(low_hour=4.0, low=0.35, high_hour=18.0, high=1.65)
+NIGHTLIFE_CYCLE = DailyCycle(low_hour=10.0, low=0.2, high_hour=23.0, high=1.8)
+
+
+@dataclass(frozen=True, slots=True)
+class Hotspot:
+    """A named district where background runs ``factor`` times the uniform rate."""
+
+    name: str  # one of HOTSPOT_NAMES
+    factor: float
+
+
+@dataclass(frozen=True, slots=True)
+class HotspotArea:
+    """Where a hot spot lies in this city: a disk (downtown) or a thin strip (nightlife)."""
+
+    name: str
+    factor: float
+    shape: str  # "disk" | "strip"
+    lat: float  # centre
+    lon: float
+    radius_m: float = 0.0  # disk
+    length_m: float = 0.0  # strip
+    width_m: float = 0.0  # strip
+    bearing_deg: float = 0.0  # strip direction, clockwise from north
+
+    def area_km2(self) -> float:
+        if self.shape == "disk":
+            return math.pi * self.radius_m**2 / 1e6
+        return self.length_m * self.width_m / 1e6
+
+    @property
+    def cycle(self) -> DailyCycle:
+        return NIGHTLIFE_CYCLE if self.name == "nightlife" else CITY_CYCLE
+
+    def sample(self, rng: random.Random) -> tuple[float, float]:
+        if self.shape == "disk":
+            return _in_disk(rng, self.lat, self.lon, self.radius_m)
+        along_m = rng.uniform(-self.length_m / 2, self.length_m / 2)
+        across_m = rng.uniform(-self.width_m / 2, self.width_m / 2)
+        bearing = math.radians(self.bearing_deg)
+        return offset_m(
+            self.lat,
+            self.lon,
+            along_m * math.cos(bearing) - across_m * math.sin(bearing),
+            along_m * math.sin(bearing) + across_m * math.cos(bearing),
+        )
+
+    def contains(self, lat: float, lon: float, margin_m: float = 0.0) -> bool:
+        """Inside the shape grown by ``margin_m`` on every side (GPS noise spills over it)."""
+        if self.shape == "disk":
+            return haversine_m(self.lat, self.lon, lat, lon) <= self.radius_m + margin_m
+        north_m = (lat - self.lat) * M_PER_DEG_LAT
+        east_m = (lon - self.lon) * M_PER_DEG_LAT * math.cos(math.radians(self.lat))
+        bearing = math.radians(self.bearing_deg)
+        along_m = north_m * math.cos(bearing) + east_m * math.sin(bearing)
+        across_m = -north_m * math.sin(bearing) + east_m * math.cos(bearing)
+        return (
+            abs(along_m) <= self.length_m / 2 + margin_m
+            and abs(across_m) <= self.width_m / 2 + margin_m
+        )
+
+    def to_json(self) -> dict:
+        shape: dict = (
+            {"radius_m": self.radius_m}
+            if self.shape == "disk"
+            else {
+                "length_m": self.length_m,
+                "width_m": self.width_m,
+                "bearing_deg": self.bearing_deg,
+            }
+        )
+        return {
+            "name": self.name,
+            "factor": self.factor,
+            "shape": self.shape,
+            "lat": self.lat,
+            "lon": self.lon,
+            **shape,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Outbreak:
+    """``count`` reports of one category, each from a fresh reporter, spread over a district
+    disk within ``minutes``: the surge that should come out as one incident."""
+
+    category: str
+    count: int
+    minutes: float
+    radius_m: float = OUTBREAK_RADIUS_M
+
 
 @dataclass(frozen=True, slots=True)
 class SimParams:
@@ -155,13 +315,24 @@ class SimParams:
     # A surge needs an absolute count too: 20x a quiet district can still be two reports.
     surge_min_reports: int = 60
     surge_minutes: float = 10.0
+    # Busy cities. Uniform background over all categories together, split evenly among them;
+    # wins over background_per_hour (per-category overrides still win over it).
+    background_per_min: float | None = None
+    hotspots: tuple[Hotspot, ...] = ()
+    # Background follows CITY_CYCLE (a nightlife strip NIGHTLIFE_CYCLE) over the UTC hours.
+    daily_cycle: bool = False
+    outbreak: Outbreak | None = None
 
     @property
     def end_ms(self) -> int:
         return self.start_ms + round(self.hours * HOUR_MS)
 
     def background_rate(self, category: str) -> float:
-        return self.background_overrides.get(category, self.background_per_hour)
+        if category in self.background_overrides:
+            return self.background_overrides[category]
+        if self.background_per_min is not None:
+            return self.background_per_min * 60 / len(CATEGORY_NAMES)
+        return self.background_per_hour
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +353,15 @@ class SimReport:
     tz_offset_min: int
     truth_id: str | None
     id: str = ""
+
+
+# Every field but ``id``, the last one: every report gets its id this way, and
+# dataclasses.replace would cost more than the rest of a report's bookkeeping in a dense stream.
+_FIELDS_BEFORE_ID = attrgetter(*(f.name for f in fields(SimReport) if f.name != "id"))
+
+
+def _with_id(report: SimReport, report_id: str) -> SimReport:
+    return SimReport(*_FIELDS_BEFORE_ID(report), id=report_id)
 
 
 class TruthItem(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -223,6 +403,59 @@ class _Footprint:
     radius_m: float
     start_ms: int
     end_ms: int
+    # Background is kept away from planted items so it cannot tip a decoy over; an outbreak is
+    # no decoy, and a hole in the background under it would fake a drop in its baseline.
+    keep_out: bool = True
+
+
+def _footprints_meet(placed: _Footprint, candidate: _Footprint) -> bool:
+    # 75 min of time slack: resolve_after (60 min) + window (15 min), so one planted item can
+    # never extend or revive another one's incident.
+    slack_ms = 75 * MINUTE_MS
+    if placed.category != candidate.category:
+        return False
+    if (
+        candidate.start_ms > placed.end_ms + slack_ms
+        or placed.start_ms > candidate.end_ms + slack_ms
+    ):
+        return False
+    distance_m = haversine_m(placed.lat, placed.lon, candidate.lat, candidate.lon)
+    return distance_m < placed.radius_m + candidate.radius_m + 1000
+
+
+class _KeepOut:
+    """Where background of a category must not fall: near a planted item it could tip a decoy
+    over the threshold. Indexed by category once, since a dense stream asks for every report."""
+
+    SLACK_MS = 30 * MINUTE_MS
+    MARGIN_M = 600.0
+    # Below the metres of one degree of latitude on the haversine sphere (~111,195 m), so the
+    # cheap test never rules out a point that haversine would keep.
+    _M_PER_DEG_LAT_LOW = 111_000.0
+
+    def __init__(self, footprints: Iterable[_Footprint]) -> None:
+        self._zones: dict[str, list[tuple[int, int, float, float, float]]] = {}
+        for placed in footprints:
+            if placed.keep_out:
+                self._zones.setdefault(placed.category, []).append(
+                    (
+                        placed.start_ms - self.SLACK_MS,
+                        placed.end_ms + self.SLACK_MS,
+                        placed.lat,
+                        placed.lon,
+                        placed.radius_m + self.MARGIN_M,
+                    )
+                )
+
+    def hit(self, category: str, lat: float, lon: float, ts_ms: int) -> bool:
+        for first_ms, last_ms, z_lat, z_lon, reach_m in self._zones.get(category, ()):
+            if not first_ms <= ts_ms <= last_ms:
+                continue
+            if abs(lat - z_lat) * self._M_PER_DEG_LAT_LOW >= reach_m:
+                continue
+            if haversine_m(z_lat, z_lon, lat, lon) < reach_m:
+                return True
+        return False
 
 
 @dataclass(slots=True)
@@ -248,6 +481,7 @@ class _World:
         self.reporters: set[str] = set()
         self.device_of: dict[str, str | None] = {}
         self.footprints: list[_Footprint] = []
+        self.outbreak: _Footprint | None = None
         self.truth_seq = 0
 
     def next_truth_id(self) -> str:
@@ -266,33 +500,7 @@ class _World:
         return reporter
 
     def conflicts(self, candidate: _Footprint) -> bool:
-        # 75 min of time slack: resolve_after (60 min) + window (15 min), so one planted item can
-        # never extend or revive another one's incident.
-        slack_ms = 75 * MINUTE_MS
-        for placed in self.footprints:
-            if placed.category != candidate.category:
-                continue
-            if (
-                candidate.start_ms > placed.end_ms + slack_ms
-                or placed.start_ms > candidate.end_ms + slack_ms
-            ):
-                continue
-            distance_m = haversine_m(placed.lat, placed.lon, candidate.lat, candidate.lon)
-            if distance_m < placed.radius_m + candidate.radius_m + 1000:
-                return True
-        return False
-
-    def in_keep_out(self, category: str, lat: float, lon: float, ts_ms: int) -> bool:
-        """Background near a planted item could tip a decoy over the threshold: keep it away."""
-        slack_ms = 30 * MINUTE_MS
-        for placed in self.footprints:
-            if placed.category != category:
-                continue
-            if not (placed.start_ms - slack_ms <= ts_ms <= placed.end_ms + slack_ms):
-                continue
-            if haversine_m(placed.lat, placed.lon, lat, lon) < placed.radius_m + 600:
-                return True
-        return False
+        return any(_footprints_meet(placed, candidate) for placed in self.footprints)
 
 
 # ---------------------------------------------------------------- report styles
@@ -334,6 +542,9 @@ _NOISE_TEXTS = (
 )
 _NOISE_TAGS = ("#seattle", "#fixit", "#commute")
 _CITIZEN_SOURCES = (("app", 0.45), ("twitter", 0.25), ("web", 0.15), ("phone", 0.15))
+_SOURCE_NAMES = tuple(name for name, _ in _CITIZEN_SOURCES)
+# What random.choices would accumulate from the weights on every call: the same draws, once.
+_SOURCE_CUM_WEIGHTS = tuple(itertools.accumulate(weight for _, weight in _CITIZEN_SOURCES))
 _TZ_OFFSETS_MIN = (-480, -420, 0, 60, 330)
 
 
@@ -410,8 +621,7 @@ def _make_report(
     else:
         category_field, tags, text = _express(rng, category)
     if source is None and rng.random() < 0.9:
-        names, weights = zip(*_CITIZEN_SOURCES, strict=True)
-        source = rng.choices(names, weights)[0]
+        source = rng.choices(_SOURCE_NAMES, cum_weights=_SOURCE_CUM_WEIGHTS)[0]
     style_draw = rng.random()
     ts_style = "z" if style_draw < 0.45 else ("offset" if style_draw < 0.75 else "epoch")
     if delay_ms is None:
@@ -794,14 +1004,23 @@ def _region_inside(params: SimParams, rng: random.Random) -> str:
 
 def _plant_surge(rng: random.Random, world: _World, category: str) -> list[_Plan]:
     params = world.params
-    region = _region_inside(params, rng)
     span_ms = round(params.surge_minutes * MINUTE_MS)
     # Late in the stream, so a long-term baseline exists by then.
     first_ms = params.start_ms + (params.end_ms - params.start_ms) // 2
     last_ms = params.end_ms - 20 * MINUTE_MS - span_ms
     if last_ms <= first_ms:
         raise ValueError(f"--hours {params.hours} is too short for the 'surge' family")
-    start_ms = rng.randrange(first_ms, last_ms)
+    for _ in range(200):
+        region = _region_inside(params, rng)
+        start_ms = rng.randrange(first_ms, last_ms)
+        # Only an outbreak is avoided (the first draw stands without one): a surge beside it in
+        # the same category could not be told apart from it.
+        if world.outbreak is None or not _footprints_meet(
+            world.outbreak, _region_footprint(category, region, start_ms, span_ms)
+        ):
+            break
+    else:
+        raise OptionError("--outbreak", "no room for the 'surge' family beside the outbreak")
     region_rate_per_h = params.background_rate(category) * (
         h3.cell_area(region, unit="km^2") / params.bbox.area_km2()
     )
@@ -817,6 +1036,7 @@ def _plant_surge(rng: random.Random, world: _World, category: str) -> list[_Plan
     c_lat, c_lon = h3.cell_to_latlng(region)
     lat_min, lat_max, lon_min, lon_max = _cell_bounds(region)
     truth_id = world.next_truth_id()
+    keep_out = _KeepOut(world.footprints)
     reports = []
     for ts_ms in _spread_times(rng, start_ms, span_ms, count):
         reporter = world.fresh_reporter(rng)
@@ -832,7 +1052,7 @@ def _plant_surge(rng: random.Random, world: _World, category: str) -> list[_Plan
                 accuracy_m=rng.uniform(3, 40),
                 truth_id=truth_id,
             )
-            if h3.latlng_to_cell(report.lat, report.lon, 6) == region and not world.in_keep_out(
+            if h3.latlng_to_cell(report.lat, report.lon, 6) == region and not keep_out.hit(
                 category, report.lat, report.lon, ts_ms
             ):
                 break
@@ -852,6 +1072,100 @@ def _plant_surge(rng: random.Random, world: _World, category: str) -> list[_Plan
     ]
 
 
+def _region_footprint(category: str, region: str, start_ms: int, span_ms: int) -> _Footprint:
+    c_lat, c_lon = h3.cell_to_latlng(region)
+    circumradius_m = max(
+        haversine_m(c_lat, c_lon, v_lat, v_lon) for v_lat, v_lon in h3.cell_to_boundary(region)
+    )
+    return _Footprint(category, c_lat, c_lon, circumradius_m, start_ms, start_ms + span_ms)
+
+
+def _reserve_outbreak(world: _World) -> None:
+    """Place the outbreak before any family, so the families' placement steps around it."""
+    params = world.params
+    spec = params.outbreak
+    assert spec is not None
+    rng = random.Random(f"{params.seed}/outbreak/place")
+    span_ms = round(spec.minutes * MINUTE_MS)
+    # In the second half, so a long-term baseline exists by then; ending 10 min before the end
+    # of the stream, so the watermark passes it and a surge detector has had time to fire.
+    first_ms = params.start_ms + (params.end_ms - params.start_ms) // 2
+    last_ms = params.end_ms - 10 * MINUTE_MS - span_ms
+    if last_ms <= first_ms:
+        raise OptionError(
+            "--outbreak",
+            f"an outbreak of {spec.minutes:g} min does not fit in --hours {params.hours:g}: it "
+            "starts in the second half and ends at least 10 min before the end",
+        )
+    too_small = f"the bounding box is too small for an outbreak of radius {spec.radius_m:g} m"
+    try:
+        area = params.bbox.shrink_m(spec.radius_m + 500)
+    except ValueError:
+        raise OptionError("--outbreak", too_small) from None
+    # A res-6 vertex joins three cells (~3.7 km edges): a disk around it reaches into all three,
+    # so a detector that keeps one surge per cell would report the one outbreak several times.
+    for _ in range(500):
+        cell = h3.latlng_to_cell(
+            rng.uniform(area.lat_min, area.lat_max), rng.uniform(area.lon_min, area.lon_max), 6
+        )
+        lat, lon = rng.choice(h3.cell_to_boundary(cell))
+        if area.contains(lat, lon):
+            break
+    else:
+        raise OptionError("--outbreak", too_small)
+    start_ms = rng.randrange(first_ms, last_ms)
+    world.outbreak = _Footprint(
+        spec.category, lat, lon, spec.radius_m, start_ms, start_ms + span_ms, keep_out=False
+    )
+    world.footprints.append(world.outbreak)
+
+
+def _plant_outbreak(world: _World) -> _Plan:
+    params = world.params
+    spec = params.outbreak
+    site = world.outbreak
+    assert spec is not None and site is not None
+    rng = random.Random(f"{params.seed}/outbreak/reports")
+    truth_id = world.next_truth_id()
+    reports = []
+    for ts_ms in _spread_times(rng, site.start_ms, site.end_ms - site.start_ms, spec.count):
+        reporter = world.fresh_reporter(rng)
+        true_lat, true_lon = _in_disk(rng, site.lat, site.lon, spec.radius_m)
+        report = _make_report(
+            rng,
+            world,
+            category=spec.category,
+            reporter=reporter,
+            ts_ms=ts_ms,
+            true_lat=true_lat,
+            true_lon=true_lon,
+            accuracy_m=rng.uniform(3, 40),
+            truth_id=truth_id,
+        )
+        # One language, as for the surge family: the outbreak is one signal, and the regions it
+        # straddles are the split under test, not languages.
+        reports.append(replace(report, lang="en"))
+    regions = sorted({h3.latlng_to_cell(r.lat, r.lon, 6) for r in reports})
+    disk_rate_per_h = params.background_rate(spec.category) * (
+        math.pi * spec.radius_m**2 / 1e6 / params.bbox.area_km2()
+    )
+    rate_ratio = (
+        round(spec.count / (spec.minutes / 60) / disk_rate_per_h, 1)
+        if disk_rate_per_h > 0
+        else None
+    )
+    return _Plan(
+        truth_id,
+        OUTBREAK_FAMILY,
+        spec.category,
+        site.lat,
+        site.lon,
+        reports,
+        region=",".join(regions),
+        rate_ratio=rate_ratio,
+    )
+
+
 def _cell_bounds(cell: str) -> tuple[float, float, float, float]:
     boundary = h3.cell_to_boundary(cell)
     lats = [v[0] for v in boundary]
@@ -859,28 +1173,50 @@ def _cell_bounds(cell: str) -> tuple[float, float, float, float]:
     return min(lats), max(lats), min(lons), max(lons)
 
 
+def _poisson_times(
+    rng: random.Random,
+    start_ms: int,
+    end_ms: int,
+    rate_per_h: float,
+    cycle: DailyCycle | None = None,
+    thin_rng: random.Random | None = None,
+) -> Iterator[int]:
+    """Event times of a Poisson process; with a cycle, an inhomogeneous one by thinning: draw at
+    the cycle's peak rate and keep each time with probability factor / peak."""
+    peak = cycle.peak if cycle is not None else 1.0
+    ts_ms = start_ms
+    while True:
+        # Exponential gaps.
+        ts_ms += round(rng.expovariate(rate_per_h * peak) * HOUR_MS)
+        if ts_ms >= end_ms:
+            return
+        if cycle is not None and thin_rng is not None:
+            if thin_rng.random() * peak >= cycle.factor(ts_ms):
+                continue
+        yield ts_ms
+
+
 def _background(world: _World) -> list[SimReport]:
     params = world.params
+    bbox = params.bbox
+    keep_out = _KeepOut(world.footprints)
     reports: list[SimReport] = []
     streams: list[tuple[str | None, float]] = [
         (c, params.background_rate(c)) for c in CATEGORY_NAMES
     ]
     streams.append((None, params.unclassified_per_hour))
     reporter_pool: list[str] = []
-    for category, rate_per_h in streams:
-        if rate_per_h <= 0:
-            continue
-        rng = random.Random(f"{params.seed}/background/{category or 'unclassified'}")
-        ts_ms = params.start_ms
-        while True:
-            # Poisson process: exponential gaps.
-            ts_ms += round(rng.expovariate(rate_per_h) * HOUR_MS)
-            if ts_ms >= params.end_ms:
-                break
+
+    def emit(
+        category: str | None,
+        rng: random.Random,
+        times_ms: Iterable[int],
+        sample: Callable[[random.Random], tuple[float, float]],
+    ) -> None:
+        for ts_ms in times_ms:
             for _ in range(20):
-                lat = rng.uniform(params.bbox.lat_min, params.bbox.lat_max)
-                lon = rng.uniform(params.bbox.lon_min, params.bbox.lon_max)
-                if category is None or not world.in_keep_out(category, lat, lon, ts_ms):
+                lat, lon = sample(rng)
+                if category is None or not keep_out.hit(category, lat, lon, ts_ms):
                     break
             else:
                 continue
@@ -902,7 +1238,116 @@ def _background(world: _World) -> list[SimReport]:
                     truth_id=None,
                 )
             )
+
+    def uniform(rng: random.Random) -> tuple[float, float]:
+        return rng.uniform(bbox.lat_min, bbox.lat_max), rng.uniform(bbox.lon_min, bbox.lon_max)
+
+    for category, rate_per_h in streams:
+        if rate_per_h <= 0:
+            continue
+        name = category or "unclassified"
+        rng = random.Random(f"{params.seed}/background/{name}")
+        times = _poisson_times(
+            rng,
+            params.start_ms,
+            params.end_ms,
+            rate_per_h,
+            CITY_CYCLE if params.daily_cycle else None,
+            random.Random(f"{params.seed}/daily/{name}"),
+        )
+        emit(category, rng, times, uniform)
+
+    # A hot spot adds (factor - 1) times the uniform rate over its own area on top of the
+    # uniform background already there: inside it the density is factor times the city's.
+    bbox_km2 = bbox.area_km2()
+    for area in hotspot_areas(params):
+        for category, rate_per_h in streams:
+            extra_per_h = rate_per_h * (area.factor - 1) * area.area_km2() / bbox_km2
+            if extra_per_h <= 0:
+                continue
+            name = f"{area.name}/{category or 'unclassified'}"
+            rng = random.Random(f"{params.seed}/hotspot/{name}")
+            times = _poisson_times(
+                rng,
+                params.start_ms,
+                params.end_ms,
+                extra_per_h,
+                area.cycle if params.daily_cycle else None,
+                random.Random(f"{params.seed}/daily/{name}"),
+            )
+            emit(category, rng, times, area.sample)
     return reports
+
+
+def hotspot_areas(params: SimParams) -> tuple[HotspotArea, ...]:
+    """The hot spots of ``params.hotspots`` placed in this city. Each place depends on the seed
+    and the box only, never on which other hot spots are on."""
+    downtown = _downtown_centre(params)
+    areas = []
+    for hotspot in params.hotspots:
+        if hotspot.name == "downtown":
+            lat, lon = downtown
+            areas.append(
+                HotspotArea(
+                    "downtown", hotspot.factor, "disk", lat, lon, radius_m=DOWNTOWN_RADIUS_M
+                )
+            )
+        elif hotspot.name == "nightlife":
+            lat, lon, bearing_deg = _nightlife_street(params, downtown)
+            areas.append(
+                HotspotArea(
+                    "nightlife",
+                    hotspot.factor,
+                    "strip",
+                    lat,
+                    lon,
+                    length_m=NIGHTLIFE_LENGTH_M,
+                    width_m=NIGHTLIFE_WIDTH_M,
+                    bearing_deg=bearing_deg,
+                )
+            )
+        else:
+            raise ValueError(f"unknown hot spot {hotspot.name!r}")
+    return tuple(areas)
+
+
+def _downtown_centre(params: SimParams) -> tuple[float, float]:
+    rng = random.Random(f"{params.seed}/hotspot/downtown/place")
+    try:
+        area = params.bbox.shrink_m(DOWNTOWN_RADIUS_M + 1000)
+    except ValueError:
+        raise OptionError(
+            "--hotspots", "the bounding box is too small for the downtown hot spot"
+        ) from None
+    lat = rng.uniform(area.lat_min, area.lat_max)
+    lon = rng.uniform(area.lon_min, area.lon_max)
+    return round(lat, 6), round(lon, 6)
+
+
+def _nightlife_street(
+    params: SimParams, downtown: tuple[float, float]
+) -> tuple[float, float, float]:
+    """Centre and bearing of the nightlife street: just outside downtown, never inside it (the
+    two densities would add up and neither would be what it claims)."""
+    rng = random.Random(f"{params.seed}/hotspot/nightlife/place")
+    try:
+        area = params.bbox.shrink_m(NIGHTLIFE_LENGTH_M / 2 + 500)
+    except ValueError:
+        raise OptionError(
+            "--hotspots", "the bounding box is too small for the nightlife hot spot"
+        ) from None
+    half_m = NIGHTLIFE_LENGTH_M / 2
+    for _ in range(500):
+        # At least half a street length past the downtown edge: the nearest end stays outside.
+        distance_m = rng.uniform(DOWNTOWN_RADIUS_M + half_m + 150, DOWNTOWN_RADIUS_M + 3000)
+        towards = rng.uniform(0, 2 * math.pi)
+        lat, lon = offset_m(
+            downtown[0], downtown[1], distance_m * math.cos(towards), distance_m * math.sin(towards)
+        )
+        bearing_deg = round(rng.uniform(0, 180), 1)
+        if area.contains(lat, lon):
+            return round(lat, 6), round(lon, 6), bearing_deg
+    raise OptionError("--hotspots", "the bounding box is too small for the nightlife hot spot")
 
 
 def _independent_count(reports: Iterable[SimReport]) -> int:
@@ -955,13 +1400,39 @@ def _truth_item(plan: _Plan, reports: list[SimReport]) -> TruthItem:
     )
 
 
+def _check_busy_params(params: SimParams) -> None:
+    if params.background_per_min is not None and params.background_per_min < 0:
+        raise ValueError("background_per_min must be >= 0")
+    names = [h.name for h in params.hotspots]
+    if len(names) != len(set(names)):
+        raise ValueError(f"a hot spot is named twice: {', '.join(names)}")
+    for hotspot in params.hotspots:
+        if hotspot.name not in HOTSPOT_FACTORS:
+            raise ValueError(
+                f"unknown hot spot {hotspot.name!r}: expected one of {', '.join(HOTSPOT_NAMES)}"
+            )
+        if not hotspot.factor >= 1:
+            raise ValueError(f"hot spot {hotspot.name!r}: factor must be >= 1")
+    spec = params.outbreak
+    if spec is not None:
+        if spec.category not in CATEGORY_NAMES:
+            raise ValueError(
+                f"outbreak category {spec.category!r} is not one of {', '.join(CATEGORY_NAMES)}"
+            )
+        if spec.count < 1 or not spec.minutes > 0 or not spec.radius_m > 0:
+            raise ValueError("outbreak count, minutes and radius must be > 0")
+
+
 def simulate(params: SimParams) -> Simulation:
     unknown = set(params.families) - set(FAMILIES)
     if unknown:
         raise ValueError(f"unknown families: {', '.join(sorted(unknown))}")
     if params.hours <= 0:
         raise ValueError("hours must be > 0")
+    _check_busy_params(params)
     world = _World(params)
+    if params.outbreak is not None:
+        _reserve_outbreak(world)
     plans: list[_Plan] = []
     for family in FAMILIES:
         for index in range(params.families.get(family, 0)):
@@ -969,12 +1440,19 @@ def simulate(params: SimParams) -> Simulation:
             category = rng.choice(CATEGORY_NAMES)
             planter = _plant_surge if family == "surge" else _PLANTERS[family]
             plans.extend(planter(rng, world, category))
-    drafts = [r for plan in plans for r in plan.reports] + _background(world)
+    # Planted last, so the families' truth ids are the same with or without it.
+    if params.outbreak is not None:
+        plans.append(_plant_outbreak(world))
+    drafts: list[SimReport | None] = [r for plan in plans for r in plan.reports]
+    drafts += _background(world)
     # Stable total order: arrival, then event time, then generation order.
     order = sorted(range(len(drafts)), key=lambda i: (drafts[i].arrival_ms, drafts[i].ts_ms, i))
-    reports = tuple(
-        replace(drafts[i], id=f"r-{params.seed}-{n}") for n, i in enumerate(order, start=1)
-    )
+    ordered = []
+    for n, i in enumerate(order, start=1):
+        ordered.append(_with_id(drafts[i], f"r-{params.seed}-{n}"))
+        # A dense stream holds a million reports: never two copies of all of them at once.
+        drafts[i] = None
+    reports = tuple(ordered)
     members: dict[str, list[SimReport]] = {}
     for report in reports:
         if report.truth_id is not None:
@@ -1025,7 +1503,8 @@ def truth_to_json(sim: Simulation, shift_ms: int = 0) -> dict:
     params = sim.params
     counts = {family: 0 for family in FAMILIES}
     for item in sim.truth:
-        counts[item.family] += 1
+        # An outbreak key appears only with an outbreak: a default truth file stays as it was.
+        counts[item.family] = counts.get(item.family, 0) + 1
     items = sim.truth
     if shift_ms:
         items = tuple(
@@ -1038,7 +1517,7 @@ def truth_to_json(sim: Simulation, shift_ms: int = 0) -> dict:
             )
             for item in items
         )
-    return {
+    doc: dict = {
         "schema": 1,
         "seed": params.seed,
         "start": format_ts_utc(params.start_ms + shift_ms),
@@ -1052,10 +1531,25 @@ def truth_to_json(sim: Simulation, shift_ms: int = 0) -> dict:
         ],
         "allowed_lateness_s": params.allowed_lateness_s,
         "background_per_hour": {c: params.background_rate(c) for c in CATEGORY_NAMES},
-        "report_count": len(sim.reports),
-        "counts": counts,
-        "items": [msgspec.to_builtins(item) for item in items],
     }
+    # The busy-city keys only when set: without them a truth file is byte for byte the old one.
+    if params.background_per_min is not None:
+        doc["background_per_min"] = float(params.background_per_min)
+    if params.hotspots:
+        doc["hotspots"] = [area.to_json() for area in hotspot_areas(params)]
+    if params.daily_cycle:
+        doc["daily_cycle"] = {"city": CITY_CYCLE.to_json(), "nightlife": NIGHTLIFE_CYCLE.to_json()}
+    if params.outbreak is not None:
+        doc["outbreak"] = {
+            "category": params.outbreak.category,
+            "count": params.outbreak.count,
+            "minutes": params.outbreak.minutes,
+            "radius_m": params.outbreak.radius_m,
+        }
+    doc["report_count"] = len(sim.reports)
+    doc["counts"] = counts
+    doc["items"] = [msgspec.to_builtins(item) for item in items]
+    return doc
 
 
 def parse_families(spec: str) -> dict[str, int]:
@@ -1091,3 +1585,48 @@ def parse_bbox(spec: str) -> BBox:
     if not (-90 <= lat_min < lat_max <= 90 and -180 <= lon_min < lon_max <= 180):
         raise ValueError(f"not a bounding box: {spec!r}")
     return BBox(lat_min, lon_min, lat_max, lon_max)
+
+
+def parse_hotspots(spec: str) -> tuple[Hotspot, ...]:
+    """``"downtown,nightlife"``, each name optionally ``=FACTOR`` (``"downtown=8"``)."""
+    hotspots = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if name not in HOTSPOT_FACTORS:
+            raise ValueError(
+                f"expected NAME[=FACTOR] with NAME in {', '.join(HOTSPOT_NAMES)}: {part!r}"
+            )
+        factor = HOTSPOT_FACTORS[name]
+        if sep:
+            try:
+                factor = float(value)
+            except ValueError:
+                raise ValueError(f"factor of {name!r} must be a number: {value!r}") from None
+            if not factor >= 1:
+                raise ValueError(f"factor of {name!r} must be >= 1 (times the uniform rate)")
+        if any(h.name == name for h in hotspots):
+            raise ValueError(f"hot spot {name!r} is given twice")
+        hotspots.append(Hotspot(name, factor))
+    return tuple(hotspots)
+
+
+def parse_outbreak(spec: str) -> Outbreak:
+    """``"CATEGORY:COUNT:MINUTES[:RADIUS_M]"``, e.g. ``"power_outage:5000:10"``."""
+    parts = [p.strip() for p in spec.split(":")]
+    if len(parts) not in (3, 4):
+        raise ValueError(f"expected CATEGORY:COUNT:MINUTES[:RADIUS_M]: {spec!r}")
+    category = parts[0]
+    if category not in CATEGORY_NAMES:
+        raise ValueError(f"category {category!r} is not one of {', '.join(CATEGORY_NAMES)}")
+    try:
+        count = int(parts[1])
+        minutes = float(parts[2])
+        radius_m = float(parts[3]) if len(parts) == 4 else OUTBREAK_RADIUS_M
+    except ValueError:
+        raise ValueError(
+            f"COUNT must be an integer, MINUTES and RADIUS_M numbers: {spec!r}"
+        ) from None
+    if count < 1 or not minutes > 0 or not radius_m > 0:
+        raise ValueError(f"COUNT, MINUTES and RADIUS_M must be > 0: {spec!r}")
+    return Outbreak(category, count, minutes, radius_m)

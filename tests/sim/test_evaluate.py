@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h3
+import msgspec
+import orjson
 import pytest
 
 from geoincident.sim.common import format_ts_utc, offset_m, parse_ts_ms
-from geoincident.sim.evaluate import evaluate
+from geoincident.sim.evaluate import evaluate, evaluate_files, load_truth_run
 from geoincident.sim.simulate import EXPECT_BY_FAMILY, TruthItem
 
 T0_MS = parse_ts_ms("2026-11-24T09:00:00Z")
@@ -213,3 +217,145 @@ def test_no_incident_at_all_is_zero_recall_but_no_false_alarm():
 def test_an_unusable_opened_event_is_an_error_naming_the_incident():
     with pytest.raises(ValueError, match="broken"):
         evaluate([{"event": "opened", "incident_id": "broken"}], [truth("t1")])
+
+
+# ---------------------------------------------------------------- busy cities
+
+
+def test_chance_incidents_are_the_false_ones_scaled_to_a_simulated_day():
+    events = [opened("i1"), opened("bg1", north_m=8000), opened("bg2", north_m=-8000)]
+    result = evaluate(events, [truth("t1")], duration_h=6.0)
+    assert result.chance_incidents == result.false_incidents == 2
+    assert result.chance_per_day == pytest.approx(8.0)
+    doc = result.to_json()
+    assert doc["chance_incidents"] == 2 and doc["chance_per_day"] == pytest.approx(8.0)
+    assert doc["duration_h"] == 6.0 and doc["false_incidents"] == 2
+    unknown = evaluate(events, [truth("t1")])
+    assert unknown.chance_per_day is None and unknown.to_json()["chance_per_day"] is None
+
+
+def _truth_file(tmp_path, **keys) -> Path:
+    path = tmp_path / "truth.json"
+    item = msgspec.to_builtins(truth("t1"))
+    path.write_bytes(orjson.dumps({**keys, "items": [item]}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("keys", "duration_h"),
+    [
+        ({"hours": 2.0, "start": "2026-11-24T06:00:00Z", "end": "2026-11-24T08:00:00Z"}, 2.0),
+        ({"start": "2026-11-24T06:00:00Z", "end": "2026-11-24T18:00:00Z"}, 12.0),
+        ({}, None),  # an old truth file: still evaluates, without a rate per day
+    ],
+)
+def test_the_duration_comes_from_the_truth_file_when_it_says(tmp_path, keys, duration_h):
+    incidents = tmp_path / "incidents.jsonl"
+    incidents.write_bytes(orjson.dumps(opened("bg", north_m=8000)) + b"\n")
+    assert load_truth_run(_truth_file(tmp_path, **keys)).duration_h == duration_h
+    result = evaluate_files(incidents, _truth_file(tmp_path, **keys))
+    assert result.chance_incidents == 1
+    assert result.chance_per_day == (None if duration_h is None else pytest.approx(24 / duration_h))
+
+
+def _neighbour(cell: str) -> str:
+    return sorted(h3.grid_ring(cell, 1))[0]
+
+
+def _outbreak_truth(regions: list[str]) -> TruthItem:
+    return truth(
+        "o1",
+        "outbreak",
+        category="power_outage",
+        span_min=10,
+        radius_m=2500,
+        region=",".join(regions),
+    )
+
+
+def test_an_outbreak_counts_its_surges_its_local_clumps_and_their_links():
+    home = h3.latlng_to_cell(LAT, LON, 6)
+    next_door = _neighbour(home)
+    far = h3.latlng_to_cell(*offset_m(LAT, LON, 40_000, 0), 6)
+    truths = [_outbreak_truth([home, next_door])]
+
+    def surge(incident_id: str, region: str, **kw) -> dict:
+        base = {"kind": "surge", "category": "power_outage", "validated_min": 5, "last_min": 5}
+        event = opened(incident_id, surge_region=region, **{**base, **kw})
+        lat, lon = h3.cell_to_latlng(region)
+        return {**event, "lat": lat, "lon": lon, "cells": [region]}
+
+    def local(incident_id: str, surge_id: str | None = None, **kw) -> dict:
+        event = opened(incident_id, category="power_outage", first_min=3, validated_min=4, **kw)
+        return event if surge_id is None else {**event, "surge_id": surge_id}
+
+    events = [
+        surge("srg-a", home),
+        surge("srg-a", home),  # repeated on an at-least-once topic: still one surge
+        surge("srg-b", next_door, first_min=2, validated_min=8, last_min=8),
+        surge("srg-gas", home, category="gas_leak"),
+        surge("srg-far", far),
+        surge("srg-late", home, first_min=40, validated_min=41, last_min=41),
+        local("l-linked", "srg-a", north_m=300),
+        local("l-plain", north_m=-900),  # no surge_id field: an incident file from before it
+        local("l-linked-later", north_m=1500),
+        {**local("l-linked-later", "srg-b", north_m=1500), "event": "updated", "version": 2},
+        local("l-other-surge", "srg-far", north_m=2000),
+        local("l-outside", "srg-a", north_m=5000),
+        opened("l-gas", category="gas_leak", first_min=3, validated_min=4),
+    ]
+    result = evaluate(events, truths, duration_h=1.0)
+    (score,) = result.outbreaks
+    assert score.surge_ids == ("srg-a", "srg-b") and score.surges == 2
+    assert score.local == 4 and score.local_linked == 2
+    assert score.regions == (home, next_door)
+    assert (result.outbreak_surges, result.outbreak_local, result.outbreak_local_linked) == (
+        2,
+        4,
+        2,
+    )
+    # Clumps inside the outbreak are scored with it; the one outside and the other category
+    # are chance incidents, and surges off the outbreak are false surges.
+    assert result.surge_local == 4
+    assert set(result.false_incident_ids) == {"l-outside", "l-gas"}
+    assert result.false_surges == 3 and result.surge_detected == 1
+    outbreak_family = next(f for f in result.families if f.family == "outbreak")
+    assert outbreak_family.detected == 1 and outbreak_family.expect == "surge"
+    doc = result.to_json()
+    assert doc["outbreak_surges"] == 2 and doc["outbreak_local_linked"] == 2
+    assert doc["outbreaks"][0]["surge_ids"] == ["srg-a", "srg-b"]
+
+
+def test_one_surge_over_several_regions_is_the_goal_and_old_files_count_as_unlinked():
+    home = h3.latlng_to_cell(LAT, LON, 6)
+    next_door = _neighbour(home)
+    truths = [_outbreak_truth([home, next_door])]
+    # Centred on a region the outbreak never reached; it touches the outbreak through the
+    # regions it grew over.
+    beyond = next(c for c in sorted(h3.grid_ring(next_door, 1)) if c not in (home, next_door))
+    lat, lon = h3.cell_to_latlng(beyond)
+    one_surge = {
+        **opened("srg-1", kind="surge", category="power_outage", validated_min=5, last_min=5),
+        "lat": lat,
+        "lon": lon,
+        "surge": {"region": beyond, "regions": [beyond, next_door]},
+    }
+    alone = {**one_surge, "surge": {"region": beyond}}
+    assert evaluate([alone], truths).outbreak_surges == 0
+    clumps = [
+        opened(f"l{n}", category="power_outage", north_m=200 * n, first_min=2, validated_min=3)
+        for n in range(3)
+    ]
+    linked = evaluate([one_surge, *({**c, "surge_id": "srg-1"} for c in clumps)], truths)
+    assert linked.outbreak_surges == 1
+    assert (linked.outbreak_local, linked.outbreak_local_linked) == (3, 3)
+    unlinked = evaluate([one_surge, *clumps], truths)
+    assert (unlinked.outbreak_local, unlinked.outbreak_local_linked) == (3, 0)
+    null_linked = evaluate([one_surge, *({**c, "surge_id": None} for c in clumps)], truths)
+    assert null_linked.outbreak_local_linked == 0
+
+
+def test_without_an_outbreak_its_numbers_are_null_not_zero():
+    doc = evaluate([opened("i1")], [truth("t1")]).to_json()
+    assert doc["outbreaks"] == []
+    assert doc["outbreak_surges"] is doc["outbreak_local"] is doc["outbreak_local_linked"] is None

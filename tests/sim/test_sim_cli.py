@@ -56,6 +56,12 @@ def test_simulate_to_stdout_equals_the_file_and_flags_have_environment_twins(app
         (["--start", "yesterday"], "--start"),
         (["--anchor", "middle"], "--anchor"),
         (["--no-such-flag"], "--no-such-flag"),
+        (["--background-per-min", "-1"], "--background-per-min"),
+        (["--hotspots", "uptown"], "--hotspots"),
+        (["--hotspots", "downtown=0.2"], "--hotspots"),
+        (["--outbreak", "power_outage:5000"], "--outbreak"),
+        (["--outbreak", "lava:10:5"], "--outbreak"),
+        (["--outbreak", "gas_leak:50:10", "--hours", "0.5", "--families", "none"], "--outbreak"),
     ],
 )
 def test_usage_errors_exit_2_and_name_the_flag(app, args, flag):
@@ -114,3 +120,63 @@ def test_evaluate_of_a_missing_file_is_a_usage_error_and_bad_content_a_failure(a
     empty.write_text("")
     result = runner.invoke(app, ["evaluate", "--incidents", str(empty), "--truth", str(bad)])
     assert result.exit_code == 1 and "truth" in result.stderr
+
+
+BUSY = {
+    "--background-per-min": ("GEOINCIDENT_BACKGROUND_PER_MIN", "30"),
+    "--hotspots": ("GEOINCIDENT_HOTSPOTS", "downtown,nightlife"),
+    "--outbreak": ("GEOINCIDENT_OUTBREAK", "power_outage:300:10"),
+}
+
+
+def test_busy_city_flags_have_environment_twins_and_reach_the_truth(app, tmp_path):
+    base = ["simulate", "--seed", "5", "--hours", "1", "--families", "none,true=1"]
+    flags = [arg for flag, (_, value) in BUSY.items() for arg in (flag, value)]
+    out = tmp_path / "busy.jsonl"
+    by_flag = runner.invoke(app, [*base, *flags, "--daily-cycle", "-o", str(out)])
+    assert by_flag.exit_code == 0, by_flag.output
+    env = {name: value for name, value in BUSY.values()} | {"GEOINCIDENT_DAILY_CYCLE": "1"}
+    by_env = runner.invoke(app, base, env=env)
+    assert by_env.exit_code == 0, by_env.output
+    assert by_env.stdout_bytes == out.read_bytes()
+    sparse = runner.invoke(app, base)
+    assert len(sparse.stdout_bytes.splitlines()) * 10 < len(by_env.stdout_bytes.splitlines())
+    truth = orjson.loads((tmp_path / "busy.truth.json").read_bytes())
+    assert truth["background_per_min"] == 30.0 and truth["daily_cycle"]
+    assert [h["name"] for h in truth["hotspots"]] == ["downtown", "nightlife"]
+    assert truth["counts"]["outbreak"] == 1
+    (outbreak,) = [i for i in truth["items"] if i["family"] == "outbreak"]
+    assert outbreak["reports"] == 300 and len(outbreak["region"].split(",")) >= 2
+
+
+def test_evaluate_shows_chance_per_day_and_the_outbreak(app, tmp_path):
+    out = tmp_path / "city.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "--seed",
+            "2",
+            "--hours",
+            "1",
+            "--families",
+            "none,true=2",
+            "--outbreak",
+            "gas_leak:400:10",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    incidents = tmp_path / "naive.jsonl"
+    events = run_naive(out.read_bytes().splitlines())
+    incidents.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    args = ["evaluate", "--incidents", str(incidents), "--truth", str(tmp_path / "city.truth.json")]
+    table = runner.invoke(app, args, env={"COLUMNS": "160"})
+    assert table.exit_code == 0, table.output
+    assert "chance incidents per simulated day" in table.output
+    assert "surges on the outbreak" in table.output
+    doc = orjson.loads(runner.invoke(app, [*args, "--json"]).stdout_bytes)
+    assert doc["duration_h"] == 1.0 and doc["chance_per_day"] == doc["chance_incidents"] * 24
+    # The naive baseline knows no surges: the outbreak's clumps, if any, stay unlinked.
+    assert doc["outbreak_surges"] == 0 and doc["outbreak_local_linked"] == 0
