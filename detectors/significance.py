@@ -118,13 +118,19 @@ class Background:
     """Counts of every processed report by category over the local window, in total and per box
     of a grid `neighbourhood_m` wide: the background around a point is the 3 x 3 boxes around
     it (at least `neighbourhood_m` in every direction). Counted when a report is processed and
-    uncounted when it leaves the window, so after a restart the windows' rebuild rebuilds it."""
+    uncounted when it leaves the window, so after a restart the windows' rebuild rebuilds it.
 
-    __slots__ = ("grid", "_boxes", "_totals", "_area_cache")
+    The area a count is divided by is that of the boxes where anything (any category) was
+    reported: at a city's edge, a shore or a park, the empty boxes are not background that
+    happens to be quiet but places nobody reports from, and counting them would dilute the
+    rate (measured: chance incidents at the edge of a busy simulated city)."""
+
+    __slots__ = ("grid", "_boxes", "_occupied", "_totals", "_area_cache")
 
     def __init__(self, neighbourhood_m: float) -> None:
         self.grid = DistanceGrid(neighbourhood_m)
         self._boxes: dict[str, dict[int, int]] = {}
+        self._occupied: dict[int, int] = {}  # box -> reports of any category
         self._totals: dict[str, int] = {}
         self._area_cache: dict[int, float] = {}
 
@@ -134,6 +140,8 @@ class Background:
             boxes = self._boxes[category] = {}
         box = self.grid.box(lat, lon)
         boxes[box] = boxes.get(box, 0) + 1
+        occupied = self._occupied
+        occupied[box] = occupied.get(box, 0) + 1
         self._totals[category] = self._totals.get(category, 0) + 1
 
     def remove(self, category: str, lat: float, lon: float) -> None:
@@ -144,19 +152,30 @@ class Background:
             boxes[box] = left
         else:
             del boxes[box]
+        occupied = self._occupied
+        left = occupied[box] - 1
+        if left:
+            occupied[box] = left
+        else:
+            del occupied[box]
         self._totals[category] -= 1
 
     def total(self, category: str) -> int:
         return self._totals.get(category, 0)
 
     def around(self, category: str, lat: float, lon: float) -> tuple[int, float]:
-        """(reports of the category in the 3 x 3 boxes around the point, their area in km²)."""
-        boxes = self._boxes.get(category)
+        """(reports of the category in the 3 x 3 boxes around the point, the area in km² of
+        those boxes where anything was reported; at least one box)."""
+        boxes = self._boxes.get(category) or {}
+        occupied = self._occupied
         count = 0
-        if boxes:
-            for box in self.grid.neighbourhood(lat, lon):
-                count += boxes.get(box, 0)
-        return count, self._area_km2(lat)
+        inhabited = 0
+        neighbourhood = self.grid.neighbourhood(lat, lon)
+        for box in neighbourhood:
+            count += boxes.get(box, 0)
+            if box in occupied:
+                inhabited += 1
+        return count, self._area_km2(lat) * max(1, inhabited) / len(neighbourhood)
 
     def _area_km2(self, lat: float) -> float:
         row = math.floor(lat / self.grid.lat_step)
