@@ -427,7 +427,6 @@ class Detector:
         background = self.background
         while expiry and expiry[0][0] < now_ms:
             report = heappop(expiry)[2]
-            background.remove(report.category, report.lat, report.lon)
             owner = seen.pop(report.id, None)
             if owner is None:
                 continue
@@ -435,6 +434,7 @@ class Detector:
                 owner.remove_id(report.id)  # type: ignore[union-attr]
             else:
                 free.remove(report)
+                background.remove(report.category, report.lat, report.lon)
 
     def _fire(self, kind: int, incident_id: str, due_ms: int, events: list[IncidentEvent]) -> None:
         incident = self.incidents.get(incident_id)
@@ -477,7 +477,6 @@ class Detector:
         category_params = self._category_params.get(category) or self._params_of(category)
         self._seq += 1
         heapq.heappush(self._expiry, (report.ts_ms + category_params.window_ms, self._seq, report))
-        self.background.add(category, report.lat, report.lon)
         if self._first_ms is None or report.ts_ms < self._first_ms:
             self._first_ms = report.ts_ms
         if self._rebuilding:
@@ -495,9 +494,15 @@ class Detector:
             self.index.moved(cluster)
             self._merge_neighbours(cluster, report, events)
             return events
-        self.free.add(report, weight)
-        self._seen[report.id] = report
+        self._free(report, weight)
         return self._try_open(report, late, category_params)
+
+    def _free(self, report: Report, weight: float) -> None:
+        """A report no incident took: it waits for company, and is background meanwhile
+        (members of incidents are explained by their incident, not by chance)."""
+        self.free.add(report, weight)
+        self.background.add(report.category, report.lat, report.lon)
+        self._seen[report.id] = report
 
     def _rebuild_one(self, report: Report, weight: float, category_params: CategoryParams) -> None:
         """A report read again after a restart goes back where it was: into its incident's
@@ -518,8 +523,7 @@ class Detector:
             cluster.add(report, weight)
             self._seen[report.id] = cluster
         else:
-            self.free.add(report, weight)
-            self._seen[report.id] = report
+            self._free(report, weight)
 
     def _try_open(
         self, report: Report, late: bool, category_params: CategoryParams
@@ -647,8 +651,8 @@ class Detector:
         """Reports of the category per km² per minute around a group, not counting the group:
         the highest of the neighbourhood over the local window, the surge region's short-term
         rate and its long-term baseline, and the surge baseline floor."""
-        own = len(members)
-        count, area_km2 = self.background.around(category, lat, lon)
+        own = len(members)  # free reports still, so counted in the background
+        count, area_km2 = self.background.around(category, lat, lon, own)
         span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
         rate = max(0, count - own) / area_km2 / span_min
         surge = self.surge
@@ -689,9 +693,11 @@ class Detector:
             incident.add(member, weight, accuracy(member.accuracy_m))
         cluster = Cluster(incident)
         free = self.free
+        background = self.background
         seen = self._seen
         for member, weight in members:
             free.remove(member)
+            background.remove(member.category, member.lat, member.lon)
             cluster.add(member, weight)
             seen[member.id] = cluster
         lat, lon = cluster.lat, cluster.lon

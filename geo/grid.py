@@ -73,6 +73,21 @@ class DistanceGrid:
                 boxes.extend(base + c for c in range(count))
         return boxes
 
+    def block(self, lat: float, lon: float, k: int) -> list[int]:
+        """The boxes within k rows and k columns of the point's box, (2k + 1)² at most: every
+        point within k widths of (lat, lon) is in them (rows of different column counts are
+        only roughly aligned, so the block is a neighbourhood, not an exact square)."""
+        row = math.floor(lat / self.lat_step)
+        shifted = lon + 180.0
+        boxes = set()
+        for r in range(row - k, row + k + 1):
+            width, count = self._columns.get(r) or self.columns(r)
+            col = math.floor(shifted / width) % count
+            base = r * _ROW_SPAN
+            for c in range(col - k, col + k + 1):
+                boxes.add(base + c % count)
+        return sorted(boxes)
+
     def gather(self, boxes: dict[int, list], lat: float, lon: float) -> list:
         """The non-empty entries of `boxes` (box -> list) in the neighbourhood of (lat, lon),
         concatenated: the same as probing `neighbourhood`, without building it (the hot path

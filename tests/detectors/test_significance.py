@@ -144,3 +144,16 @@ def test_members_of_an_incident_opened_in_a_busy_area_lie_within_its_radius():
     positions = {r.id: (r.lat, r.lon) for r in background + incident}
     for report_id in found[0].report_ids:
         assert haversine_m(found[0].lat, found[0].lon, *positions[report_id]) <= 250.0
+
+
+@pytest.mark.parametrize(("busier", "seed"), [(1, 8), (1, 10), (2, 8)])
+def test_the_edge_of_a_busy_city_is_not_taken_for_a_quiet_neighbourhood(busier, seed):
+    # A busy city that ends along a line (a shore): around a group near the edge, half of the
+    # neighbourhood is where nobody reports from, which must not halve the background rate.
+    # (Counting the empty half, each of these streams opened a chance incident.)
+    city = [
+        r for r in uniform_background(busier * DENSE, 3000.0, 240, seed=seed) if r.lon >= SPOT[1]
+    ]
+    detector, events = replay(city)
+    assert opened(events) == []
+    assert detector.chance_groups > 0  # groups reached the threshold and were judged
