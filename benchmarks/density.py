@@ -27,6 +27,8 @@ from pathlib import Path
 
 import orjson
 
+from geoincident.detectors import DetectorParams
+from geoincident.detectors.significance import judge
 from geoincident.sim.common import parse_ts_ms, read_jsonl
 from geoincident.sim.evaluate import Evaluation, evaluate, load_truth_run
 from geoincident.sim.naive import run_naive
@@ -324,8 +326,58 @@ def render_section(pooled: Sequence[Pooled], seeds: Sequence[int], hours: float)
         "incidents whose `surge_id` names one of them. Replay reports/s is the wall clock of the "
         "whole `geoincident replay` process on this machine, start-up included: the one column "
         "here that changes from run to run.",
+        "",
+        *limits_rows(),
     ]
     return "\n".join(out) + "\n"
+
+
+# (radius m, window s) of the tightness columns of the limits table
+TIGHTNESS = ((50.0, 180.0), (50.0, 300.0), (100.0, 300.0), (100.0, 600.0), (250.0, 900.0))
+LIMIT_RATES = (30.0, 100.0, 300.0, 1000.0, 2770.0, 5000.0)
+CITY_KM2 = 400.0
+
+
+def reporters_needed(per_min: float, radius_m: float, window_s: float) -> int:
+    """Independent reporters, all within radius_m and window_s of each other's centre, that
+    the default significance test opens on over a uniform background of `per_min` reports a
+    minute spread over eight categories and CITY_KM2 (the threshold of 5 aside)."""
+    params = DetectorParams()
+    significance = params.significance
+    scales = [(r, w) for r in significance.radii_m for w in significance.windows_s]
+    budget = significance.max_false_per_day / len(params.taxonomy.names)
+    per_category = per_min / len(params.taxonomy.names)
+    for needed in range(1, 200):
+        counts = [float(needed) if r >= radius_m and w >= window_s else 0.0 for r, w in scales]
+        if judge(scales, counts, per_category / CITY_KM2, per_category, budget).significant:
+            return needed
+    return 200
+
+
+def limits_rows() -> list[str]:
+    heads = " | ".join(f"{r:g} m, {w / 60:g} min" for r, w in TIGHTNESS)
+    rows = [
+        "**Where a 5-reporter incident stops standing out.** Independent reporters a group "
+        f"needs to open with the default test, by how tightly its reports sit, over a uniform "
+        f"background spread over eight categories and {CITY_KM2:g} km² (computed with "
+        "`geoincident.detectors.significance.judge`; the threshold of 5 applies as well, so "
+        "read anything below 5 as 5):",
+        "",
+        f"| background reports/min | {heads} |",
+        "|---:|" + "---:|" * len(TIGHTNESS),
+    ]
+    for per_min in LIMIT_RATES:
+        needed = " | ".join(str(reporters_needed(per_min, r, w)) for r, w in TIGHTNESS)
+        rows.append(f"| {per_min:,.0f} | {needed} |")
+    rows += [
+        "",
+        "Up to ~300 reports/min five reporters around one street corner (100 m, 10 min) are "
+        "an incident at the fifth report. From ~1,000/min they must come within ~50 m and 5 "
+        "minutes, or be more; at ~2,770/min five reporters stand out only within 50 m and 3 "
+        "minutes, and from ~5,000/min not at all: there a 5-reporter incident can no longer be "
+        "told apart from chance, and incidents open only with more reporters, later.",
+    ]
+    return rows
 
 
 def write_section(path: Path, section: str) -> None:

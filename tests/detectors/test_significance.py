@@ -157,3 +157,14 @@ def test_the_edge_of_a_busy_city_is_not_taken_for_a_quiet_neighbourhood(busier, 
     detector, events = replay(city)
     assert opened(events) == []
     assert detector.chance_groups > 0  # groups reached the threshold and were judged
+
+
+def test_inhabited_boxes_tell_an_edge_from_a_thin_background():
+    from geoincident.detectors.significance import inhabited_boxes
+
+    assert inhabited_boxes(4, 4, 25) == 25  # a few reports, each alone: nothing to conclude
+    assert inhabited_boxes(0, 0, 25) == 25
+    assert inhabited_boxes(300, 25, 25) == 25
+    edge = inhabited_boxes(240, 13, 25)  # many reports, half the boxes empty: a shore
+    assert 13 <= edge < 13.5
+    assert 13 < inhabited_boxes(30, 13, 25) < 25  # fewer reports: some emptiness is chance
