@@ -484,6 +484,8 @@ class Detector:
             return _NO_EVENTS
         near = self.index.near(category, report.lat, report.lon, category_params.radius_m)
         if near:
+            near = _within_reach(near, report, category_params.radius_m)
+        if near:
             cluster = min(near, key=_preference)[1]
             cluster.add(report, weight)
             self._seen[report.id] = cluster
@@ -517,6 +519,7 @@ class Detector:
                 )
                 if not entry[1].incident.members_complete
             ]
+            near = _within_reach(near, report, category_params.radius_m)
             if near:
                 cluster = min(near, key=_preference)[1]
         if cluster is not None:
@@ -701,6 +704,7 @@ class Detector:
             cluster.add(member, weight)
             seen[member.id] = cluster
         lat, lon = cluster.lat, cluster.lon
+        incident.anchor = (lat, lon)
         if params.geofences is not None:
             incident.jurisdiction = params.geofences.lookup(lat, lon)
         self.index.insert(cluster)
@@ -821,6 +825,18 @@ class Detector:
         if incident.is_open and incident.independence.score < incident.threshold:
             return [self._resolve(incident, "retracted", at_ms)]
         return [self._event(incident, UPDATED, at_ms, None)]
+
+
+def _within_reach(
+    near: list[tuple[float, Cluster]], report: Report, radius_m: float
+) -> list[tuple[float, Cluster]]:
+    """The incidents near a report whose opening place is within the radius of it as well."""
+    kept = []
+    for entry in near:
+        anchor = entry[1].incident.anchor
+        if anchor is None or haversine_m(report.lat, report.lon, *anchor) <= radius_m:
+            kept.append(entry)
+    return kept
 
 
 def _preference(entry: tuple[float, Cluster]) -> tuple[float, int, str]:

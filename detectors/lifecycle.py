@@ -89,6 +89,7 @@ class Incident:
         "max_report_ids",
         "seniority",
         "surge_id",
+        "anchor",
     )
 
     def __init__(
@@ -134,6 +135,9 @@ class Incident:
         self.seniority: tuple[int, str] = (validated_ts_ms, incident_id)
         # the open surge of this category around the incident when it last emitted, if any
         self.surge_id: str | None = None
+        # where it opened: a report joins only within the radius of this point too, so an
+        # incident's reach cannot walk along a street or across a busy district
+        self.anchor: tuple[float, float] | None = None
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}

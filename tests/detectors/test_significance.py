@@ -79,19 +79,6 @@ def test_a_real_incident_stands_out_of_a_dense_background():
     assert {f"fire{n}" for n in range(7)} <= set(last.report_ids)
 
 
-def test_in_a_busy_area_an_incident_holds_the_reports_near_it_not_a_chain():
-    # Without significance, clusters used to walk across a busy area and merge into one with
-    # thousands of members; an incident's members are now the reports within its radius.
-    background = uniform_background(1.0, 3000.0, 90, seed=4)
-    _, events = replay(background, NO_TEST)
-    found = opened(events)
-    assert found
-    for event in events:
-        if event.kind == "local":
-            assert event.radius_m <= 2 * 250.0 + 1
-            assert event.report_count < 200
-
-
 def test_the_expected_chance_rate_rises_with_background_and_falls_with_more_reporters():
     scales = [(100.0, 600.0)]
     quiet = judge(scales, [5.0], 0.001, 1.0, 0.125)
@@ -168,3 +155,21 @@ def test_inhabited_boxes_tell_an_edge_from_a_thin_background():
     edge = inhabited_boxes(240, 13, 25)  # many reports, half the boxes empty: a shore
     assert 13 <= edge < 13.5
     assert 13 < inhabited_boxes(30, 13, 25) < 25  # fewer reports: some emptiness is chance
+
+
+def test_an_incident_reaches_no_further_than_the_radius_around_where_it_opened():
+    # Reports every 50 m along a 2 km street: an incident whose centre followed its members
+    # would walk down the street taking them all; its reach stays where it opened.
+    from geoincident.detectors.timefmt import parse_rfc3339_ms
+
+    street = [report(f"s{n}", n * 0.5, *destination(*SPOT, 90.0, 50.0 * n)) for n in range(40)]
+    _, events = replay(street)
+    position = {r.id: (r.lat, r.lon) for r in street}
+    first = {}
+    for event in events:
+        first.setdefault(event.incident_id, event)
+        anchor = (first[event.incident_id].lat, first[event.incident_id].lon)
+        for report_id in event.report_ids:
+            assert haversine_m(*anchor, *position[report_id]) <= 250.0 + 1.0
+        assert parse_rfc3339_ms(event.validated_at) >= parse_rfc3339_ms(event.first_report_at)
+    assert len(first) >= 3  # the street is covered by several incidents, each a place
