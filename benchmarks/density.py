@@ -16,7 +16,6 @@ and on a small machine a second run beside it would slow it down.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import orjson
 
 from geoincident.detectors import DetectorParams
 from geoincident.detectors.significance import judge
-from geoincident.sim.common import parse_ts_ms, read_jsonl
+from geoincident.sim.common import geoincident_bin, parse_ts_ms, read_jsonl
 from geoincident.sim.evaluate import Evaluation, evaluate, load_truth_run
 from geoincident.sim.naive import run_naive
 from geoincident.sim.simulate import (
@@ -135,16 +134,6 @@ def streams_for(rates: Sequence[float]) -> list[Stream]:
     )
     streams.append(Stream("outbreak", OUTBREAK_RATE_PER_MIN, outbreak=OUTBREAK))
     return streams
-
-
-def _geoincident_bin() -> str:
-    beside = Path(sys.executable).parent / "geoincident"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("geoincident")
-    if found is None:
-        sys.exit("geoincident is not installed: `make` installs it into .venv")
-    return found
 
 
 def run_stream(stream: Stream, seed: int, hours: float, workdir: Path, geoincident: str) -> Run:
@@ -426,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--rates must be > 0")
     if args.hours <= 0:
         parser.error("--hours must be > 0")
-    geoincident = _geoincident_bin()
+    geoincident = geoincident_bin()
     streams = streams_for(args.rates)
     runs = []
     with tempfile.TemporaryDirectory(prefix="geoincident-density-") as tmp:

@@ -8,7 +8,6 @@ Its density section (``benchmarks/density.py``) is carried over as it is.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from geoincident.sim.common import percentile, read_jsonl
+from geoincident.sim.common import geoincident_bin, percentile, read_jsonl
 from geoincident.sim.evaluate import Evaluation, evaluate, load_truth
 from geoincident.sim.naive import run_naive
 from geoincident.sim.simulate import FAMILIES, SimParams, report_to_json, simulate, truth_to_json
@@ -38,16 +37,6 @@ class SeedResult:
     reports: int
     ours: Evaluation
     naive: Evaluation
-
-
-def _geoincident_bin() -> str:
-    beside = Path(sys.executable).parent / "geoincident"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("geoincident")
-    if found is None:
-        sys.exit("geoincident is not installed: run `make quality` (it installs into .venv)")
-    return found
 
 
 def run_seed(seed: int, hours: float, workdir: Path, geoincident: str) -> SeedResult:
@@ -216,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "quality.md")
     parser.add_argument("--keep", type=Path, help="keep the streams and incidents in this folder")
     args = parser.parse_args(argv)
-    geoincident = _geoincident_bin()
+    geoincident = geoincident_bin()
     with tempfile.TemporaryDirectory(prefix="geoincident-quality-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

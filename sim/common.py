@@ -6,6 +6,8 @@ Kept local to ``sim`` so the test tooling does not depend on the detector it mea
 from __future__ import annotations
 
 import math
+import shutil
+import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -94,3 +96,15 @@ def percentile(values: list[float], q: float) -> float | None:
     low = math.floor(rank)
     high = math.ceil(rank)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def geoincident_bin() -> str:
+    """The `geoincident` command installed beside this interpreter (or on PATH), for the
+    benchmarks that run it as a separate process."""
+    beside = Path(sys.executable).parent / "geoincident"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("geoincident")
+    if found is None:
+        sys.exit("geoincident is not installed: `make` installs it into .venv")
+    return found
