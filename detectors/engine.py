@@ -621,9 +621,34 @@ class Detector:
             return _PASS
         category = members[0][0].category
         scales = self._scales_of(category, category_params)
+        now_ms = self.clock_ms if self.clock_ms is not None else end_ms
+        rate = self._background_rate(category, lat, lon, members, now_ms, category_params)
+        span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
+        area_rate = self.background.total(category) / span_min
         distances = [haversine_m(lat, lon, m.lat, m.lon) for m, _ in members]
-        counts = []
+        # The summed weight inside a scale bounds its independent weight from above, and the
+        # chance rate falls as the count grows: a scale that fails with the bound fails, so
+        # the union-finds run only where they can change the verdict (most groups in a busy
+        # city fail every scale on the bound alone).
+        bounds = []
         for radius_m, window_s in scales:
+            start_ms = end_ms - int(window_s * 1000)
+            total = 0.0
+            for (member, weight), distance in zip(members, distances, strict=True):
+                if distance <= radius_m and member.ts_ms >= start_ms:
+                    total += weight
+            bounds.append(total)
+        budget = self._budget_per_day
+        bounded = judge(scales, bounds, rate, area_rate, budget)
+        if not bounded.significant:
+            return bounded
+        counts = []
+        for (radius_m, window_s), bound in zip(scales, bounds, strict=True):
+            if not judge(
+                [(radius_m, window_s)], [bound], rate, area_rate, budget * len(scales)
+            ).significant:
+                counts.append(0.0)  # cannot pass: its exact count is no higher than the bound
+                continue
             start_ms = end_ms - int(window_s * 1000)
             inside = [
                 entry
@@ -631,11 +656,7 @@ class Detector:
                 if distance <= radius_m and entry[0].ts_ms >= start_ms
             ]
             counts.append(window_score(inside, start_ms, end_ms)[0])
-        now_ms = self.clock_ms if self.clock_ms is not None else end_ms
-        rate = self._background_rate(category, lat, lon, members, now_ms, category_params)
-        span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
-        area_rate = self.background.total(category) / span_min
-        return judge(scales, counts, rate, area_rate, self._budget_per_day)
+        return judge(scales, counts, rate, area_rate, budget)
 
     def _span_ms(self, now_ms: int, window_ms: int) -> int:
         """Event time a window-long count covers: the window, or less at a cold start."""
