@@ -52,8 +52,6 @@ _QUIET = 0
 _UPDATE = 1
 _FORGET = 2
 
-_NO_EVENTS: list[IncidentEvent] = []
-
 
 class Detector:
     """`observe(report) -> events`, `advance(watermark_ms) -> events`; state in plain attributes."""
@@ -156,7 +154,7 @@ class Detector:
                 self.raise_watermark(ts_ms - self._lateness_ms)
                 if not self.defer_drain:
                     return self.drain()
-        return _NO_EVENTS
+        return []
 
     def observe_many(self, reports: Iterable[Report]) -> list[IncidentEvent]:
         events: list[IncidentEvent] = []
@@ -318,7 +316,7 @@ class Detector:
     def _outcome(self, outcome: str) -> list[IncidentEvent]:
         self.last_outcome = outcome
         self.counts[outcome] += 1
-        return _NO_EVENTS
+        return []
 
     def _accept(self, report: Report) -> None:
         self.last_outcome = ACCEPTED
@@ -356,7 +354,7 @@ class Detector:
         if watermark_ms is None or (
             self._drained_ms is not None and watermark_ms <= self._drained_ms
         ):
-            return _NO_EVENTS
+            return []
         self._drained_ms = watermark_ms
         events: list[IncidentEvent] = []
         pending = self._pending
@@ -481,7 +479,7 @@ class Detector:
             self._first_ms = report.ts_ms
         if self._rebuilding:
             self._rebuild_one(report, weight, category_params)
-            return _NO_EVENTS
+            return []
         near = self.index.near(category, report.lat, report.lon, category_params.radius_m)
         if near:
             near = _within_reach(near, report, category_params.radius_m)
@@ -552,7 +550,7 @@ class Detector:
         for _, weight in around:
             total += weight
         if total < threshold:  # an upper bound of the independent weight
-            return _NO_EVENTS
+            return []
         ends = sorted({entry[0].ts_ms for entry in around if entry[0].ts_ms >= ts_ms})
         for end_ms in ends:
             group = [entry for entry in around if end_ms - window_ms <= entry[0].ts_ms <= end_ms]
@@ -561,7 +559,7 @@ class Detector:
             events = self._open_group(group, end_ms, report, category_params)
             if events is not None:
                 return events
-        return _NO_EVENTS
+        return []
 
     def _centre(self, group: list[tuple[Report, float]]) -> tuple[float, float]:
         centroid = WeightedCentroid()

@@ -78,7 +78,6 @@ _SWEEP = 2
 # window state re-readable from the input after a restart (see `rebuild`).
 PROMOTE_AFTER = 3
 
-_NO_EVENTS: list[IncidentEvent] = []
 
 Key = tuple[int, str, str]  # (H3 region as an integer, category, lang)
 # (ts_ms, report id, reporter, device, source): sorts by event time, then id.
@@ -121,6 +120,14 @@ class SurgeParams:
         for name in ("cooldown_s", "resolve_after_s", "update_interval_s", "warmup_s"):
             if not getattr(self, name) >= 0:
                 fail(name, ">= 0")
+        if self.min_count < PROMOTE_AFTER * self.min_ratio:
+            # Keys below PROMOTE_AFTER reports per short window are not tracked (see there):
+            # that changes no decision only while such a key could never reach min_ratio.
+            raise ValueError(
+                f"surge.min_count must be at least {PROMOTE_AFTER} x surge.min_ratio "
+                f"({PROMOTE_AFTER * self.min_ratio:g}), not {self.min_count!r}: below that, "
+                "quiet districts that are not tracked could surge unseen"
+            )
 
     @property
     def window_ms(self) -> int:
@@ -325,7 +332,7 @@ class SurgeDetector:
     def observe(self, report: Report) -> list[IncidentEvent]:
         """Count one report; returns the events of timers due up to its event time, then its own."""
         if not self.params.enabled:
-            return _NO_EVENTS
+            return []
         ts_ms = report.ts_ms
         events: list[IncidentEvent] = []
         if self.clock_ms is None or ts_ms > self.clock_ms:
@@ -395,9 +402,9 @@ class SurgeDetector:
     def advance(self, watermark_ms: int) -> list[IncidentEvent]:
         """Move event time forward (never back), firing checks and updates due by then."""
         if not self.params.enabled:
-            return _NO_EVENTS
+            return []
         if self.clock_ms is not None and watermark_ms <= self.clock_ms:
-            return _NO_EVENTS
+            return []
         events: list[IncidentEvent] = []
         self._advance_to(watermark_ms, events)
         return events

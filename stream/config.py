@@ -228,6 +228,17 @@ class Settings(BaseSettings):
             )
         except ValueError as exc:
             raise ConfigError(f"taxonomy: {exc}") from exc
+        try:
+            surge = SurgeParams(**self.surge.model_dump())
+            significance = SignificanceParams(
+                enabled=detection.significance.enabled,
+                max_false_per_day=detection.significance.max_false_per_day,
+                radii_m=tuple(detection.significance.radii_m),
+                windows_s=tuple(detection.significance.windows_s),
+                neighbourhood_m=detection.significance.neighbourhood_m,
+            )
+        except ValueError as exc:  # rules across keys, checked where the values meet
+            raise ConfigError(str(exc)) from None
         return DetectorParams(
             resolution=detection.resolution,
             allowed_lateness_s=detection.allowed_lateness_s,
@@ -242,14 +253,8 @@ class Settings(BaseSettings):
             source_weights=dict(detection.source_weights),
             taxonomy=taxonomy,
             geofences=geofences,
-            surge=SurgeParams(**self.surge.model_dump()),
-            significance=SignificanceParams(
-                enabled=detection.significance.enabled,
-                max_false_per_day=detection.significance.max_false_per_day,
-                radii_m=tuple(detection.significance.radii_m),
-                windows_s=tuple(detection.significance.windows_s),
-                neighbourhood_m=detection.significance.neighbourhood_m,
-            ),
+            surge=surge,
+            significance=significance,
         )
 
 

@@ -276,3 +276,23 @@ def test_independence_counts_people_not_accounts_or_devices():
     group.add("carol", None, 5.0)
     group.add("mallory", None, 0.0)  # blocked
     assert group.groups == 2 and group.score == 6.0
+
+
+def test_an_empty_result_is_a_new_list_every_time():
+    # The README's idiom `events = detector.observe(r); events += detector.advance(w)` extends
+    # what observe returned; a shared empty list would then carry stale events everywhere.
+    from geoincident.detectors.surge import SurgeDetector, SurgeParams
+
+    first = Detector()
+    events = first.observe(report("a", 0))
+    events += ["stale"]
+    events = first.observe(report("a", 0))  # a duplicate
+    events += ["stale"]
+    other = Detector()
+    assert other.observe(report("b", 0)) == []
+    assert other.observe(report("b", 0)) == []  # a duplicate
+    assert other.advance(T0_MS) == []
+    disabled = SurgeDetector(SurgeParams(enabled=False))
+    surge_events = disabled.observe(report("c", 0))
+    surge_events += ["stale"]
+    assert disabled.observe(report("d", 0)) == [] and disabled.advance(T0_MS) == []

@@ -416,3 +416,11 @@ def test_language_tags_reduce_to_their_primary_subtag():
 def test_bad_params_fail_naming_the_key(field, value):
     with pytest.raises(ValueError, match=f"surge.{field}"):
         SurgeParams(**{field: value})
+
+
+def test_min_count_must_keep_untracked_quiet_districts_below_the_ratio():
+    # Districts under 3 reports per short window are not tracked; that is only safe while
+    # min_count >= 3 x min_ratio (then such a district could never reach the ratio).
+    SurgeParams(min_count=24, min_ratio=8)
+    with pytest.raises(ValueError, match="surge.min_count must be at least 3 x surge.min_ratio"):
+        SurgeParams(min_count=20, min_ratio=8)

@@ -102,6 +102,12 @@ def test_config_show_prints_the_effective_config_that_loads_again(tmp_path):
     assert load_settings(shown).detector_params().for_category("pothole").threshold == 3
 
 
+def test_a_rule_across_keys_fails_at_start_naming_them(monkeypatch):
+    monkeypatch.setenv("GEOINCIDENT_SURGE__MIN_COUNT", "20")
+    with pytest.raises(ConfigError, match="surge.min_count must be at least 3 x surge.min_ratio"):
+        load_settings()
+
+
 def test_cli_exits_2_naming_the_bad_key(tmp_path):
     path = write(tmp_path, "[worker]\nweb_port = 70000\n")
     result = _cli("config", "show", "--config", str(path))
