@@ -63,8 +63,10 @@ class Detector:
         self.background = Background(params.significance.neighbourhood_m)
         self.accuracy = AccuracyWeights(params.default_accuracy_m, params.accuracy_floor_m)
         self.incidents: dict[str, Incident] = {}
-        self.blocked_reporters: set[str] = set()
-        self.blocked_devices: set[str] = set()
+        # blocked reporter/device -> what drain() had processed when the block came (None:
+        # nothing yet): reports processed before it counted, and count again after a restart
+        self.blocked_reporters: dict[str, int | None] = {}
+        self.blocked_devices: dict[str, int | None] = {}
         self.max_ts_ms: int | None = None
         self.watermark_ms: int | None = None
         # What drain() has processed up to; the watermark may be ahead of it between drains.
@@ -201,8 +203,8 @@ class Detector:
             "watermark_ms": self._drained_ms,
             "clock_ms": self.clock_ms,
             "counts": dict(self.counts),
-            "blocked_reporters": sorted(self.blocked_reporters),
-            "blocked_devices": sorted(self.blocked_devices),
+            "blocked_reporters": dict(sorted(self.blocked_reporters.items())),
+            "blocked_devices": dict(sorted(self.blocked_devices.items())),
             "seq": self._seq,
             "first_ms": self._first_ms,
             "chance_groups": self.chance_groups,
@@ -218,8 +220,8 @@ class Detector:
         self.watermark_ms = self._drained_ms = snapshot["watermark_ms"]
         self.clock_ms = snapshot["clock_ms"]
         self.counts.update(snapshot["counts"])
-        self.blocked_reporters = set(snapshot["blocked_reporters"])
-        self.blocked_devices = set(snapshot["blocked_devices"])
+        self.blocked_reporters = dict(snapshot["blocked_reporters"])
+        self.blocked_devices = dict(snapshot["blocked_devices"])
         self._seq = snapshot["seq"]
         self._first_ms = snapshot["first_ms"]
         self.chance_groups = snapshot["chance_groups"]
@@ -255,7 +257,7 @@ class Detector:
                 self._seen[report.id] = None
                 heapq.heappush(self._pending, (report.ts_ms, report.id, report))
         replayed.sort(key=lambda r: (r.ts_ms, r.id))
-        self.surge.rebuild(r for r in replayed if self._weight(r) > 0)
+        self.surge.rebuild(r for r in replayed if self._weight_then(r) > 0)
         self._rebuilding = True
         try:
             for report in replayed:
@@ -263,17 +265,17 @@ class Detector:
                 if clock is not None and report.ts_ms + window_ms < clock:
                     continue  # it had already left every window
                 self._seen[report.id] = None
-                self._process(report, False, self._weight(report))
+                self._process(report, False, self._weight_then(report))
         finally:
             self._rebuilding = False
             self._restored_members = {}
 
     def block(self, reporter: str | None = None, device: str | None = None) -> None:
         """From now on, reports of this reporter/device count for nothing anywhere."""
-        if reporter:
-            self.blocked_reporters.add(reporter)
-        if device:
-            self.blocked_devices.add(device)
+        if reporter and reporter not in self.blocked_reporters:
+            self.blocked_reporters[reporter] = self._drained_ms
+        if device and device not in self.blocked_devices:
+            self.blocked_devices[device] = self._drained_ms
 
     def apply_action(self, action: Action) -> list[IncidentEvent]:
         """A dispatcher action (CONTRACT §3). Raises ActionError for unknown incidents/reports."""
@@ -459,6 +461,21 @@ class Detector:
         heapq.heappush(self._timers, (due_ms, self._next_seq(), kind, incident_id))
 
     # ------------------------------------------------------------------ clustering
+
+    def _weight_then(self, report: Report) -> float:
+        """The weight a report had when it was processed before a checkpoint: a block counts
+        only for reports past what had been processed when it came."""
+        for blocked, key in (
+            (self.blocked_reporters, report.reporter),
+            (self.blocked_devices, report.device),
+        ):
+            if key is not None and key in blocked:
+                since = blocked[key]
+                if since is None or report.ts_ms > since:
+                    return 0.0
+        if report.source is None:
+            return 1.0
+        return self._source_weights.get(report.source, 1.0)
 
     def _weight(self, report: Report) -> float:
         if (self.blocked_reporters or self.blocked_devices) and (

@@ -68,3 +68,30 @@ def test_a_report_read_twice_in_the_rebuild_counts_once():
     assert second.surge.state_reports == once.surge.state_reports
     resumed = second.observe_many(reports[cut:]) + second.flush()
     assert [e.to_json() for e in resumed] == [e.to_json() for e in after]
+
+
+def test_a_report_that_counted_before_a_block_counts_again_after_a_restart():
+    # mallory reports, then is blocked; four others join her report: with her report counted
+    # (it was processed before the block) that is five, an incident. A restart in between
+    # must rebuild her report with the weight it had, not with today's block list.
+    first_part = [report("m", 0, reporter="mallory")]
+    first_part += [report(f"p{n}", 3 + n, reporter=f"early{n}") for n in range(2)]
+    later = [report(f"q{n}", 6 + n, reporter=f"late{n}") for n in range(2)]
+    later.append(report("tick", 20, *destination(*SPOT, 0.0, 5000.0)))
+
+    def run(restart: bool) -> list[bytes]:
+        detector = Detector()
+        events = detector.observe_many(first_part)
+        events += detector.advance(first_part[-1].ts_ms)  # processed up to here
+        detector.block(reporter="mallory")
+        if restart:
+            checkpoint = pickle.dumps(detector.snapshot())
+            detector = Detector()
+            detector.restore(pickle.loads(checkpoint))
+            detector.rebuild(first_part)
+        events += detector.observe_many(later) + detector.flush()
+        return [event.to_json() for event in events]
+
+    uninterrupted = run(restart=False)
+    assert any(b'"opened"' in line for line in uninterrupted)
+    assert run(restart=True) == uninterrupted
