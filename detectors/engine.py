@@ -12,6 +12,7 @@ still join and validate its cluster. One older than the watermark minus the wind
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Iterable
 
 from geoincident.detectors.actions import Action, ActionError
@@ -37,6 +38,7 @@ from geoincident.detectors.significance import (
     Background,
     Verdict,
     judge,
+    poisson_tail,
 )
 from geoincident.detectors.surge import SurgeDetector
 from geoincident.detectors.taxonomy import UNCLASSIFIED
@@ -444,7 +446,7 @@ class Detector:
             if not incident.is_open:
                 return
             quiet_until = incident.last_ts_ms + self.params.resolve_after_ms
-            if quiet_until > due_ms:
+            if quiet_until > due_ms and not self._only_background(incident, due_ms):
                 self._timer(quiet_until, _QUIET, incident_id)
                 return
             events.append(self._resolve(incident, "quiet", due_ms))
@@ -672,6 +674,30 @@ class Detector:
             ]
             counts.append(window_score(inside, start_ms, end_ms)[0])
         return judge(scales, counts, rate, area_rate, budget)
+
+    def _only_background(self, incident: Incident, now_ms: int) -> bool:
+        """Whether the members an incident gained over the last `resolve_after` are no more
+        than the background around it brings to any place its size: then nothing is happening
+        there any more. Only where the background is expected to bring at least one report
+        into its radius in that time; where reports are rare a single member keeps an
+        incident open, as before. Downtown the three or four strangers an hour who pass
+        within its radius do not."""
+        significance = self.params.significance
+        if not significance.enabled:
+            return False
+        since_ms = now_ms - self.params.resolve_after_ms
+        recent = [ts_ms for ts_ms in incident.recent_ts if ts_ms > since_ms]
+        incident.recent_ts = recent
+        if not recent:
+            return True
+        category_params = self._params_of(incident.category)
+        lat, lon = incident.centre()
+        rate = self._background_rate(incident.category, lat, lon, [], now_ms, category_params)
+        area_km2 = math.pi * (category_params.radius_m / 1000.0) ** 2
+        expected = rate * area_km2 * self.params.resolve_after_s / 60.0
+        if expected < 1.0:
+            return False  # the background brings nobody: any member is news, as before
+        return poisson_tail(len(recent), expected) >= significance.still_active_p
 
     def _span_ms(self, now_ms: int, window_ms: int) -> int:
         """Event time a window-long count covers: the window, or less at a cold start."""

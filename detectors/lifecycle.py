@@ -90,6 +90,7 @@ class Incident:
         "seniority",
         "surge_id",
         "anchor",
+        "recent_ts",
     )
 
     def __init__(
@@ -138,6 +139,9 @@ class Incident:
         # where it opened: a report joins only within the radius of this point too, so an
         # incident's reach cannot walk along a street or across a busy district
         self.anchor: tuple[float, float] | None = None
+        # event times of members that joined lately (trimmed to `resolve_after` when judged):
+        # is the incident still active, or only collecting the background around it?
+        self.recent_ts: list[int] = []
 
     def __getstate__(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -157,6 +161,7 @@ class Incident:
         self.centroid.add(report.lat, report.lon, position_weight)
         self.cells.add(cell_of(report.lat, report.lon, self.resolution))
         self.report_count += 1
+        self.recent_ts.append(report.ts_ms)
         if report.ts_ms < self.first_ts_ms:
             self.first_ts_ms = report.ts_ms
         if report.ts_ms > self.last_ts_ms:
@@ -201,6 +206,7 @@ class Incident:
         self.members_complete = self.members_complete and other.members_complete
         self.first_ts_ms = min(self.first_ts_ms, other.first_ts_ms)
         self.last_ts_ms = max(self.last_ts_ms, other.last_ts_ms)
+        self.recent_ts = sorted(self.recent_ts + other.recent_ts)
 
     def rescore_without(self, report_id: str) -> None:
         """Un-count one member (`flag_report`), rebuilding independence from the members kept."""

@@ -55,8 +55,11 @@ class SignificanceParams:
     # beyond a category's own radius or window are not tested.
     radii_m: tuple[float, ...] = (50.0, 100.0, 250.0)
     windows_s: tuple[float, ...] = (180.0, 300.0, 600.0, 900.0)
-    # Width of the boxes of the background count grid; the neighbourhood is 3 x 3 boxes.
+    # How far around a group its background is counted (5 x 5 boxes half this wide).
     neighbourhood_m: float = 1000.0
+    # An open incident whose members over the last `resolve_after_s` are this likely (or more)
+    # under the background around it is no longer active: it resolves as quiet.
+    still_active_p: float = 0.01
 
     def __post_init__(self) -> None:
         def fail(name: str, rule: str) -> None:
@@ -72,6 +75,8 @@ class SignificanceParams:
             fail("windows_s", "a non-empty list of windows > 0")
         if not self.neighbourhood_m > 0:
             fail("neighbourhood_m", "> 0")
+        if not 0 < self.still_active_p < 1:
+            fail("still_active_p", "between 0 and 1")
 
 
 def poisson_tail(k: int, mu: float) -> float:

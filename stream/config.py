@@ -77,6 +77,7 @@ class SignificanceConfig(_Section):
         default_factory=lambda: [180.0, 300.0, 600.0, 900.0], min_length=1
     )
     neighbourhood_m: float = Field(default=1000.0, gt=0, le=50_000)
+    still_active_p: float = Field(default=0.01, gt=0, lt=1)
 
     @field_validator("radii_m", "windows_s")
     @classmethod
@@ -236,6 +237,7 @@ class Settings(BaseSettings):
                 radii_m=tuple(detection.significance.radii_m),
                 windows_s=tuple(detection.significance.windows_s),
                 neighbourhood_m=detection.significance.neighbourhood_m,
+                still_active_p=detection.significance.still_active_p,
             )
         except ValueError as exc:  # rules across keys, checked where the values meet
             raise ConfigError(str(exc)) from None

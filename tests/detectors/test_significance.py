@@ -10,7 +10,7 @@ import pytest
 from geoincident.detectors import Detector, DetectorParams
 from geoincident.detectors.significance import SignificanceParams, judge, poisson_tail
 from geoincident.geo import destination, haversine_m
-from tests.builders import SPOT, opened, report, ring
+from tests.builders import MINUTE_MS, SPOT, T0_MS, opened, report, ring
 
 NO_TEST = DetectorParams(significance=SignificanceParams(enabled=False))
 
@@ -173,3 +173,25 @@ def test_an_incident_reaches_no_further_than_the_radius_around_where_it_opened()
             assert haversine_m(*anchor, *position[report_id]) <= 250.0 + 1.0
         assert parse_rfc3339_ms(event.validated_at) >= parse_rfc3339_ms(event.first_report_at)
     assert len(first) >= 3  # the street is covered by several incidents, each a place
+
+
+def test_an_incident_in_a_busy_area_goes_quiet_when_only_the_background_still_joins_it():
+    # Downtown a few strangers an hour pass within 250 m of any place; an incident whose own
+    # reports stopped must not stay open forever on them.
+    background = uniform_background(DENSE, 3000.0, 240, seed=11)
+    incident = ring(8, 30, start_minute=30, step_minutes=0.5, prefix="fire")
+    _, events = replay(background + incident)
+    mine = [e for e in events if "fire0" in e.report_ids]
+    assert mine[0].event == "opened"
+    assert mine[-1].event == "resolved" and mine[-1].resolved_reason == "quiet"
+    assert mine[-1].report_count > 8  # the background did join it meanwhile
+    assert mine[-1].emitted_at <= "2026-11-24T11:00:00.000Z"  # its own reports ended 09:33:30
+
+
+def test_where_reports_are_rare_one_late_member_keeps_an_incident_open_for_an_hour():
+    detector = Detector()
+    events = detector.observe_many(ring(5, 30) + [report("late", 50, reporter="sixth")])
+    events += detector.advance(T0_MS + (50 + 59) * MINUTE_MS)
+    assert [e.event for e in events if e.event != "updated"] == ["opened"]
+    events += detector.advance(T0_MS + (50 + 61) * MINUTE_MS)
+    assert events[-1].event == "resolved" and events[-1].resolved_reason == "quiet"
