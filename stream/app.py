@@ -84,6 +84,10 @@ class Worker:
         self.ready = False
         self._restored = False
         self._restore_lock = asyncio.Lock()
+        # One step at a time: a step changes the core's state (offsets included), produces
+        # its outputs and waits for their acks; a checkpoint taken in between would record
+        # offsets whose outputs were never acknowledged, and a crash would then skip them.
+        self._step = asyncio.Lock()
         self._last_checkpoint = 0.0
         self._checkpointed: tuple | None = None
         self.app = self._build_app()
@@ -154,12 +158,7 @@ class Worker:
             async for event in stream.events():
                 message = event.message
                 try:
-                    await self.ensure_restored()
-                    out = self.core.on_action(
-                        message.value, message.partition, message.offset, now_ms()
-                    )
-                    await self.produce(out)
-                    await self.maybe_checkpoint(force=True)
+                    await self.on_action(message.value, message.partition, message.offset)
                 except BaseException as error:  # noqa: BLE001 - see _stop_unacked
                     _stop_unacked("actions", message, error)
 
@@ -168,14 +167,7 @@ class Worker:
             if not self._restored:
                 if not self.app.tables.recovery.completed.is_set():
                     return
-                await self.ensure_restored()
-            current = now_ms()
-            await self.produce(self.core.tick(current))
-            self._publish_state(current)
-            if self.settings.worker.store == "memory":
-                # The RocksDB store files a write under the current event's partition, and a
-                # timer has no event: there, checkpoints come from the agents only.
-                await self.maybe_checkpoint()
+            await self.on_tick(checkpoint=self.settings.worker.store == "memory")
 
         @app.page("/health")
         async def health(web: Any, request: Any) -> Any:
@@ -238,8 +230,31 @@ class Worker:
 
     # ------------------------------------------------------------------ processing
 
+    async def on_action(self, value: bytes, partition: int, offset: int) -> None:
+        await self.ensure_restored()
+        async with self._step:
+            out = self.core.on_action(value, partition, offset, now_ms())
+            await self.produce(out)
+            await self.maybe_checkpoint(force=True)
+
+    async def on_tick(self, checkpoint: bool) -> None:
+        """The 1-second timer: idle advance, metrics, and (memory store) a checkpoint. The
+        RocksDB store files a write under the current event's partition, and a timer has no
+        event: there, checkpoints come from the agents only."""
+        await self.ensure_restored()
+        async with self._step:
+            current = now_ms()
+            await self.produce(self.core.tick(current))
+            self._publish_state(current)
+            if checkpoint:
+                await self.maybe_checkpoint()
+
     async def on_reports(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
         await self.ensure_restored()
+        async with self._step:
+            await self._on_reports(partition, records)
+
+    async def _on_reports(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
         current = now_ms()
         clock = self.core.partitions.get(partition)
         if clock is None or not clock.started:
