@@ -372,12 +372,7 @@ class SurgeDetector:
             ratio = self._measure(key, now)[3]
             surge.peak_ratio = max(surge.peak_ratio, ratio)
             if surge.independence.groups > surge.groups_at_emit:
-                due_ms = surge.last_emit_ms + self._update_ms
-                if now >= due_ms:
-                    events.append(self._emit(key, surge, UPDATED, now, report.id))
-                elif not surge.update_due:
-                    surge.update_due = True
-                    self._timer(due_ms, _UPDATE, key.ident, surge.incident_id)
+                self._update(surge, key.ident, now, report.id, events)
         elif len(key.window) >= self._min_count or (
             self._open_at and len(key.window) * 2 >= self._min_count
         ):
@@ -424,7 +419,7 @@ class SurgeDetector:
         """Resolve an open surge from outside (a dispatcher); KeyError if it is not open."""
         key = self._keys[self._open[incident_id]]
         assert key.surge is not None
-        return self._resolve(key, key.surge, at_ms, reason)
+        return self._resolve(key.surge, at_ms, reason)
 
     def is_open(self, incident_id: str) -> bool:
         return incident_id in self._open
@@ -582,7 +577,7 @@ class SurgeDetector:
             return
         if kind == _UPDATE:
             if surge.update_due:
-                events.append(self._emit(key, surge, UPDATED, due_ms, None))
+                events.append(self._emit(surge, UPDATED, due_ms, None))
             return
         # _CHECK, on a minute boundary: calm when every region of the surge is calm
         params = self.params
@@ -596,7 +591,7 @@ class SurgeDetector:
             if surge.calm_since_ms is None:
                 surge.calm_since_ms = due_ms
             if due_ms - surge.calm_since_ms >= self._resolve_ms:
-                events.append(self._resolve(key, surge, due_ms, "quiet"))
+                events.append(self._resolve(surge, due_ms, "quiet"))
                 return
         else:
             surge.calm_since_ms = None
@@ -800,7 +795,7 @@ class SurgeDetector:
         key.surge = surge
         self._open[incident_id] = key.ident
         self._open_at[(key.ident[0], key.category)] = surge
-        events.append(self._emit(key, surge, OPENED, now_ms, trigger))
+        events.append(self._emit(surge, OPENED, now_ms, trigger))
         next_minute = (now_ms // BUCKET_MS + 1) * BUCKET_MS
         self._timer(next_minute, _CHECK, key.ident, incident_id)
 
@@ -827,17 +822,23 @@ class SurgeDetector:
         for entry in key.window:
             surge.add(entry, self.max_report_ids, track=True)
         self._place(surge)
-        primary = self._keys[surge.keys[0]]
+        self._update(surge, surge.keys[0], now_ms, trigger, events)
+
+    def _update(
+        self, surge: _Surge, ident: Key, now_ms: int, trigger: str, events: list[IncidentEvent]
+    ) -> None:
+        """An `updated` now, or once `update_interval_s` has passed since the last event (a
+        timer filed under the key `ident`)."""
         due_ms = surge.last_emit_ms + self._update_ms
         if now_ms >= due_ms:
-            events.append(self._emit(primary, surge, UPDATED, now_ms, trigger))
+            events.append(self._emit(surge, UPDATED, now_ms, trigger))
         elif not surge.update_due:
             surge.update_due = True
-            self._timer(due_ms, _UPDATE, primary.ident, surge.incident_id)
+            self._timer(due_ms, _UPDATE, ident, surge.incident_id)
 
     def _place(self, surge: _Surge) -> None:
         """Centre, cell and radius of a surge's area (its regions' centres' mean)."""
-        regions = sorted({h3.int_to_str(ident[0]) for ident in surge.keys})
+        regions = _regions(surge)
         centres = [h3.cell_to_latlng(region) for region in regions]
         centre_lat = sum(lat for lat, _ in centres) / len(centres)
         centre_lon = sum(lon for _, lon in centres) / len(centres)
@@ -851,10 +852,10 @@ class SurgeDetector:
         )
         surge.radius_m = round(math.ceil(radius_m * 10.0) / 10.0, 1)
 
-    def _resolve(self, key: _KeyState, surge: _Surge, at_ms: int, reason: str) -> IncidentEvent:
+    def _resolve(self, surge: _Surge, at_ms: int, reason: str) -> IncidentEvent:
         surge.status = STATUS_RESOLVED
         surge.resolved_reason = reason
-        event = self._emit(key, surge, RESOLVED, at_ms, None)
+        event = self._emit(surge, RESOLVED, at_ms, None)
         for ident in surge.keys:
             member = self._keys[ident]
             member.surge = None
@@ -864,9 +865,7 @@ class SurgeDetector:
         del self._open[surge.incident_id]
         return event
 
-    def _emit(
-        self, key: _KeyState, surge: _Surge, name: str, now_ms: int, trigger: str | None
-    ) -> IncidentEvent:
+    def _emit(self, surge: _Surge, name: str, now_ms: int, trigger: str | None) -> IncidentEvent:
         key = self._keys[surge.keys[0]]  # the region that opened it names the surge
         rate = 0.0
         baseline = 0.0
@@ -875,7 +874,7 @@ class SurgeDetector:
             rate += key_rate
             baseline += self._used(estimate)
         ratio = rate / baseline
-        regions = sorted({h3.int_to_str(ident[0]) for ident in surge.keys})
+        regions = _regions(surge)
         surge.version += 1
         surge.last_emit_ms = max(surge.last_emit_ms, now_ms)
         groups = surge.independence.groups
@@ -918,3 +917,8 @@ class SurgeDetector:
             },
             trigger_report_id=trigger,
         )
+
+
+def _regions(surge: _Surge) -> list[str]:
+    """The H3 regions of a surge's keys, sorted (several languages may share one)."""
+    return sorted({h3.int_to_str(ident[0]) for ident in surge.keys})
