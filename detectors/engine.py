@@ -259,7 +259,7 @@ class Detector:
                 self._seen[report.id] = None
                 heapq.heappush(self._pending, (report.ts_ms, report.id, report))
         replayed.sort(key=lambda r: (r.ts_ms, r.id))
-        self.surge.rebuild(r for r in replayed if self._weight_then(r) > 0)
+        self.surge.rebuild(r for r in replayed if self._weight(r, True) > 0)
         self._rebuilding = True
         try:
             for report in replayed:
@@ -267,7 +267,7 @@ class Detector:
                 if clock is not None and report.ts_ms + window_ms < clock:
                     continue  # it had already left every window
                 self._seen[report.id] = None
-                self._process(report, False, self._weight_then(report))
+                self._process(report, False, self._weight(report, True))
         finally:
             self._rebuilding = False
             self._restored_members = {}
@@ -425,8 +425,6 @@ class Detector:
             return
         heappop = heapq.heappop
         seen = self._seen
-        free = self.free
-        background = self.background
         while expiry and expiry[0][0] < now_ms:
             report = heappop(expiry)[2]
             owner = seen.pop(report.id, None)
@@ -435,8 +433,7 @@ class Detector:
             if owner.__class__ is Cluster:
                 owner.remove_id(report.id)  # type: ignore[union-attr]
             else:
-                free.remove(report)
-                background.remove(report.category, report.lat, report.lon)
+                self._unfree(report)
 
     def _fire(self, kind: int, incident_id: str, due_ms: int, events: list[IncidentEvent]) -> None:
         incident = self.incidents.get(incident_id)
@@ -464,27 +461,19 @@ class Detector:
 
     # ------------------------------------------------------------------ clustering
 
-    def _weight_then(self, report: Report) -> float:
-        """The weight a report had when it was processed before a checkpoint: a block counts
-        only for reports past what had been processed when it came."""
-        for blocked, key in (
-            (self.blocked_reporters, report.reporter),
-            (self.blocked_devices, report.device),
-        ):
-            if key is not None and key in blocked:
-                since = blocked[key]
-                if since is None or report.ts_ms > since:
-                    return 0.0
-        if report.source is None:
-            return 1.0
-        return self._source_weights.get(report.source, 1.0)
-
-    def _weight(self, report: Report) -> float:
-        if (self.blocked_reporters or self.blocked_devices) and (
-            report.reporter in self.blocked_reporters
-            or (report.device is not None and report.device in self.blocked_devices)
-        ):
-            return 0.0
+    def _weight(self, report: Report, processed_before_restart: bool = False) -> float:
+        """A report's weight: its source's, or 0 once its reporter or device is blocked. Read
+        again after a restart, a report gets the weight it had when it was first processed: a
+        block counts only for reports past what had been processed when it came."""
+        if self.blocked_reporters or self.blocked_devices:
+            for blocked, key in (
+                (self.blocked_reporters, report.reporter),
+                (self.blocked_devices, report.device),
+            ):
+                if key is not None and key in blocked:
+                    since = blocked[key]
+                    if not processed_before_restart or since is None or report.ts_ms > since:
+                        return 0.0
         if report.source is None:
             return 1.0
         return self._source_weights.get(report.source, 1.0)
@@ -499,11 +488,8 @@ class Detector:
         if self._rebuilding:
             self._rebuild_one(report, weight, category_params)
             return []
-        near = self.index.near(category, report.lat, report.lon, category_params.radius_m)
-        if near:
-            near = _within_reach(near, report, category_params.radius_m)
-        if near:
-            cluster = min(near, key=_preference)[1]
+        cluster = self._nearest_incident(report, category_params.radius_m)
+        if cluster is not None:
             cluster.add(report, weight)
             self._seen[report.id] = cluster
             incident = cluster.incident
@@ -516,6 +502,25 @@ class Detector:
         self._free(report, weight)
         return self._try_open(report, late, category_params)
 
+    def _nearest_incident(
+        self, report: Report, radius_m: float, incomplete: bool = False
+    ) -> Cluster | None:
+        """The open incident a report joins: the nearest whose centre and opening place are
+        both within the radius (ties: the older). `incomplete`: only among incidents too large
+        to list every member."""
+        near = self.index.near(report.category, report.lat, report.lon, radius_m)
+        if not near:
+            return None
+        kept = []
+        for entry in near:
+            incident = entry[1].incident
+            if incomplete and incident.members_complete:
+                continue
+            anchor = incident.anchor
+            if anchor is None or haversine_m(report.lat, report.lon, *anchor) <= radius_m:
+                kept.append(entry)
+        return min(kept, key=_preference)[1] if kept else None
+
     def _free(self, report: Report, weight: float) -> None:
         """A report no incident took: it waits for company, and is background meanwhile
         (members of incidents are explained by their incident, not by chance)."""
@@ -523,22 +528,19 @@ class Detector:
         self.background.add(report.category, report.lat, report.lon)
         self._seen[report.id] = report
 
+    def _unfree(self, report: Report) -> None:
+        """A free report joins an incident or leaves the window: no longer waiting, nor
+        background."""
+        self.free.remove(report)
+        self.background.remove(report.category, report.lat, report.lon)
+
     def _rebuild_one(self, report: Report, weight: float, category_params: CategoryParams) -> None:
         """A report read again after a restart goes back where it was: into its incident's
         window (the checkpoint lists members) or among the free reports."""
         cluster = self._restored_members.get(report.id)
         if cluster is None:
             # incidents too large to list every member fall back to the distance rule
-            near = [
-                entry
-                for entry in self.index.near(
-                    report.category, report.lat, report.lon, category_params.radius_m
-                )
-                if not entry[1].incident.members_complete
-            ]
-            near = _within_reach(near, report, category_params.radius_m)
-            if near:
-                cluster = min(near, key=_preference)[1]
+            cluster = self._nearest_incident(report, category_params.radius_m, incomplete=True)
         if cluster is not None:
             cluster.add(report, weight)
             self._seen[report.id] = cluster
@@ -639,8 +641,8 @@ class Detector:
         category = members[0][0].category
         scales = self._scales_of(category, category_params)
         now_ms = self.clock_ms if self.clock_ms is not None else end_ms
-        rate = self._background_rate(category, lat, lon, members, now_ms, category_params)
         span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
+        rate = self._background_rate(category, lat, lon, members, now_ms, span_min)
         area_rate = self.background.total(category) / span_min
         distances = [haversine_m(lat, lon, m.lat, m.lon) for m, _ in members]
         # The summed weight inside a scale bounds its independent weight from above, and the
@@ -692,7 +694,8 @@ class Detector:
             return True
         category_params = self._params_of(incident.category)
         lat, lon = incident.centre()
-        rate = self._background_rate(incident.category, lat, lon, [], now_ms, category_params)
+        span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
+        rate = self._background_rate(incident.category, lat, lon, [], now_ms, span_min)
         area_km2 = math.pi * (category_params.radius_m / 1000.0) ** 2
         expected = rate * area_km2 * self.params.resolve_after_s / 60.0
         if expected < 1.0:
@@ -711,14 +714,14 @@ class Detector:
         lon: float,
         members: list[tuple[Report, float]],
         now_ms: int,
-        category_params: CategoryParams,
+        span_min: float,
     ) -> float:
         """Reports of the category per km² per minute around a group, not counting the group:
-        the highest of the neighbourhood over the local window, the surge region's short-term
-        rate and its long-term baseline, and the surge baseline floor."""
+        the highest of the neighbourhood over the local window (`span_min` of event time), the
+        surge region's short-term rate and its long-term baseline, and the surge baseline
+        floor."""
         own = len(members)  # free reports still, so counted in the background
         count, area_km2 = self.background.around(category, lat, lon, own)
-        span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
         rate = max(0, count - own) / area_km2 / span_min
         surge = self.surge
         region_rate = surge.region_rate_per_km2_min(category, lat, lon, members, now_ms)
@@ -757,12 +760,9 @@ class Detector:
         for member, weight in members:
             incident.add(member, weight, accuracy(member.accuracy_m))
         cluster = Cluster(incident)
-        free = self.free
-        background = self.background
         seen = self._seen
         for member, weight in members:
-            free.remove(member)
-            background.remove(member.category, member.lat, member.lon)
+            self._unfree(member)
             cluster.add(member, weight)
             seen[member.id] = cluster
         lat, lon = cluster.lat, cluster.lon
@@ -887,18 +887,6 @@ class Detector:
         if incident.is_open and incident.independence.score < incident.threshold:
             return [self._resolve(incident, "retracted", at_ms)]
         return [self._event(incident, UPDATED, at_ms, None)]
-
-
-def _within_reach(
-    near: list[tuple[float, Cluster]], report: Report, radius_m: float
-) -> list[tuple[float, Cluster]]:
-    """The incidents near a report whose opening place is within the radius of it as well."""
-    kept = []
-    for entry in near:
-        anchor = entry[1].incident.anchor
-        if anchor is None or haversine_m(report.lat, report.lon, *anchor) <= radius_m:
-            kept.append(entry)
-    return kept
 
 
 def _preference(entry: tuple[float, Cluster]) -> tuple[float, int, str]:
