@@ -7,12 +7,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated, BinaryIO, TypeVar
 
 import orjson
 import typer
 
 from .common import parse_ts_ms
+
+T = TypeVar("T")
 
 SIM_EPILOG = (
     "Families (default counts): true=6 late=3 cell_edge=3 window_edge=3 close_pair=2 staff=2 "
@@ -23,6 +25,14 @@ SIM_EPILOG = (
 )
 # Lines per write: a dense stream is a million lines, never joined into one buffer.
 _WRITE_CHUNK_LINES = 10_000
+
+
+def _parsed(parse: Callable[[str], T], value: str, flag: str) -> T:
+    """A flag's value parsed, or a usage error naming the flag (exit code 2)."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -162,28 +172,13 @@ def simulate_command(
         truth_to_json,
     )
 
-    try:
-        family_counts = parse_families(families)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--families") from None
-    try:
-        box = parse_bbox(bbox) if bbox else DEFAULT_BBOX
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--bbox") from None
-    try:
-        start_ms = parse_ts_ms(start)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--start") from None
+    family_counts = _parsed(parse_families, families, "--families")
+    box = _parsed(parse_bbox, bbox, "--bbox") if bbox else DEFAULT_BBOX
+    start_ms = _parsed(parse_ts_ms, start, "--start")
     if anchor not in ("start", "end"):
         raise typer.BadParameter("must be 'start' or 'end'", param_hint="--anchor")
-    try:
-        hotspot_specs = parse_hotspots(hotspots)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--hotspots") from None
-    try:
-        outbreak_spec = parse_outbreak(outbreak) if outbreak else None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--outbreak") from None
+    hotspot_specs = _parsed(parse_hotspots, hotspots, "--hotspots")
+    outbreak_spec = _parsed(parse_outbreak, outbreak, "--outbreak") if outbreak else None
     params = SimParams(
         seed=seed,
         bbox=box,
