@@ -2,12 +2,13 @@
 
 from geoincident.detectors import Detector, DetectorParams, parse_report
 detector = Detector(DetectorParams())
-report = parse_report(raw_bytes, detector.params.taxonomy)
-events = detector.observe(report)        # and detector.advance(watermark_ms) as time passes
+report = parse_report(raw_bytes, detector.params.taxonomy)   # or a Rejection
+outcome, events = detector.observe(report)   # "accepted", "duplicate", "unclassified", "too_late"
+events += detector.advance(watermark_ms)     # the driver moves event time (stream/runtime.py)
 """
 
 from geoincident.detectors.actions import Action, ActionError, parse_action
-from geoincident.detectors.engine import Detector
+from geoincident.detectors.engine import Detector, Observed
 from geoincident.detectors.events import IncidentEvent
 from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.report import REASONS, Rejection, Report, dlq_record, parse_report
@@ -23,6 +24,7 @@ __all__ = [
     "Detector",
     "DetectorParams",
     "IncidentEvent",
+    "Observed",
     "Rejection",
     "Report",
     "Taxonomy",

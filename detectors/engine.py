@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from geoincident.detectors.actions import Action, ActionError
 from geoincident.detectors.clusters import (
@@ -50,15 +51,30 @@ DUPLICATE = "duplicate"
 UNCLASSIFIED_OUTCOME = "unclassified"
 TOO_LATE = "too_late"
 
+
+
+class Observed(NamedTuple):
+    """What became of one report: its outcome and the events it caused at once (a late
+    report is processed on arrival; an on-time one waits for the watermark)."""
+
+    outcome: str
+    events: list[IncidentEvent]
+
+
 _QUIET = 0
 _UPDATE = 1
 _FORGET = 2
 
 
 class Detector:
-    """`observe(report) -> events`, `advance(watermark_ms) -> events`; state in plain attributes."""
+    """`observe(report) -> Observed`, `advance(watermark_ms) -> events`; state in plain attributes.
 
-    def __init__(self, params: DetectorParams | None = None, self_advancing: bool = True) -> None:
+    The detector never moves event time itself: its driver (stream/runtime.py, the same for
+    the worker, replay and the tests) raises the watermark from what its partitions have seen
+    and drains what the watermark passed.
+    """
+
+    def __init__(self, params: DetectorParams | None = None) -> None:
         self.params = params = params or DetectorParams()
         self.index = ClusterIndex(params.max_radius_m)
         self.free = FreeReports(params.max_radius_m)
@@ -74,7 +90,6 @@ class Detector:
         # What drain() has processed up to; the watermark may be ahead of it between drains.
         self._drained_ms: int | None = None
         self.clock_ms: int | None = None
-        self.last_outcome = ACCEPTED
         self.counts: dict[str, int] = {
             ACCEPTED: 0,
             DUPLICATE: 0,
@@ -97,12 +112,6 @@ class Detector:
         self._seq = 0
         self._lateness_ms = params.allowed_lateness_ms
         self._source_weights = dict(params.source_weights)
-        # Replay moves the watermark with the data; the worker moves it itself, from the
-        # slowest of its partitions (and idle time), so it sets self_advancing=False.
-        self.self_advancing = self_advancing
-        # With defer_drain a self-advancing detector only raises the watermark in `observe`;
-        # the caller drains every so often (the same events, in the same order, fewer calls).
-        self.defer_drain = False
         self.surge = SurgeDetector(
             params.surge, cell_resolution=params.resolution, max_report_ids=params.max_report_ids
         )
@@ -126,8 +135,10 @@ class Detector:
     def open_incidents(self) -> list[Incident]:
         return [incident for incident in self.incidents.values() if incident.is_open]
 
-    def observe(self, report: Report) -> list[IncidentEvent]:
-        """Take one parsed report; `last_outcome` tells what became of it."""
+    def observe(self, report: Report) -> Observed:
+        """Take one parsed report. An on-time report waits for the watermark (`drain`); one
+        behind the watermark but inside its window is processed at once; one older than that
+        is `too_late` and changes nothing."""
         if report.category == UNCLASSIFIED:
             return self._outcome(UNCLASSIFIED_OUTCOME)
         if report.id in self._seen:
@@ -144,29 +155,13 @@ class Detector:
             weight = self._weight(report)
             # the surge counts it first: a local incident it opens sees the surge it is part of
             events = self.surge.observe(report) if weight > 0 else []
-            events = [*events, *self._process(report, True, weight)]
-            if drained:
-                events = [*drained, *events]
-            return events
-        self.last_outcome = ACCEPTED
-        self.counts[ACCEPTED] += 1
-        self._seen[report.id] = None
+            events = [*drained, *events, *self._process(report, True, weight)]
+            return Observed(ACCEPTED, events)
+        self._accept(report)
         heapq.heappush(self._pending, (ts_ms, report.id, report))
         if self.max_ts_ms is None or ts_ms > self.max_ts_ms:
             self.max_ts_ms = ts_ms
-            if self.self_advancing:
-                self.raise_watermark(ts_ms - self._lateness_ms)
-                if not self.defer_drain:
-                    return self.drain()
-        return []
-
-    def observe_many(self, reports: Iterable[Report]) -> list[IncidentEvent]:
-        events: list[IncidentEvent] = []
-        for report in reports:
-            produced = self.observe(report)
-            if produced:
-                events.extend(produced)
-        return events
+        return Observed(ACCEPTED, [])
 
     def advance(self, watermark_ms: int) -> list[IncidentEvent]:
         """Move event time forward (never back): process what the watermark has passed."""
@@ -317,13 +312,11 @@ class Detector:
 
     # ------------------------------------------------------------------ the event-time loop
 
-    def _outcome(self, outcome: str) -> list[IncidentEvent]:
-        self.last_outcome = outcome
+    def _outcome(self, outcome: str) -> Observed:
         self.counts[outcome] += 1
-        return []
+        return Observed(outcome, [])
 
     def _accept(self, report: Report) -> None:
-        self.last_outcome = ACCEPTED
         self.counts[ACCEPTED] += 1
         self._seen[report.id] = None
 

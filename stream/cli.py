@@ -93,11 +93,10 @@ def replay(
     config: ConfigOption = None,
 ) -> None:
     """Run the detector over a JSONL file of reports, in event time; write incident events."""
-    from geoincident.detectors.engine import Detector
     from geoincident.stream.replay import replay_files
 
     settings = settings_from(config)
-    detector = Detector(settings.detector_params())
+    params = settings.detector_params()
     if dlq is None:
         if output not in (None, "-"):
             dlq = f"{output}.dlq.jsonl"
@@ -123,7 +122,7 @@ def replay(
             raise typer.Exit(2) from None
         progress_cb, stop_progress = _progress(input_path)
         try:
-            summary = replay_files(source, sink, dlq_sink, detector, input_path, progress_cb)
+            summary = replay_files(source, sink, dlq_sink, params, input_path, progress_cb)
         finally:
             stop_progress()
     _print_summary(summary.as_dict(), dlq)

@@ -1,7 +1,8 @@
-"""`geoincident replay`: the detector over a JSONL file, no broker, event time only.
+"""`geoincident replay`: the worker's core over a JSONL file, no broker, event time only.
 
-The same detector core as the Kafka worker, so a replay of a topic dump gives the incidents
-the worker emitted. Output is byte-identical across runs: no wall clock reaches it.
+The worker's own core (stream/runtime.py) with one partition and no wall clock, so a replay
+of a topic dump gives the incidents the worker emitted. Output is byte-identical across runs:
+no wall clock reaches it.
 """
 
 from __future__ import annotations
@@ -9,19 +10,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import BinaryIO
 
-import orjson
-
-from geoincident.detectors.engine import (
-    ACCEPTED,
-    DUPLICATE,
-    TOO_LATE,
-    UNCLASSIFIED_OUTCOME,
-    Detector,
-)
+from geoincident.detectors.engine import ACCEPTED, DUPLICATE, UNCLASSIFIED_OUTCOME
 from geoincident.detectors.events import IncidentEvent
-from geoincident.detectors.report import Rejection, dlq_record, parse_report
+from geoincident.detectors.params import DetectorParams
+from geoincident.stream.runtime import Outputs, WorkerCore
 
 
 @dataclass(slots=True)
@@ -62,66 +57,57 @@ def read_lines(stream: BinaryIO) -> Iterator[bytes]:
         yield line
 
 
-# A replay raises the watermark with every report and processes the windows every this many
-# lines: the same events in the same order as processing at every report, with fewer calls.
-DRAIN_EVERY = 1024
+# Lines go to the core in batches of this many: a batch is the unit after which the windows
+# are processed, and any batch cut gives the same events in the same order.
+BATCH_LINES = 1024
 
 
 def replay(
     lines: Iterable[bytes],
-    detector: Detector,
+    core: WorkerCore,
     on_event: Callable[[IncidentEvent], None],
-    on_reject: Callable[[bytes, Rejection, int], None],
+    on_reject: Callable[[bytes], None],
     progress: Callable[[int], None] | None = None,
 ) -> ReplaySummary:
-    """Feed every line to the detector; events and rejections go to the callbacks."""
+    """Feed every line to the core as one partition with no wall clock; events and DLQ
+    records (JSON bytes, the line number standing for the offset) go to the callbacks."""
     summary = ReplaySummary()
-    taxonomy = detector.params.taxonomy
-    observe = detector.observe
     incidents = summary.incidents
 
-    def emit(events: list[IncidentEvent]) -> None:
-        for event in events:
+    def deliver(out: Outputs) -> None:
+        for event in out.incidents:
             incidents[event.event] += 1
             on_event(event)
+        for record in out.dlq:
+            on_reject(record)
+        summary.rejected.update(out.rejections)
 
-    deferred = detector.defer_drain
-    detector.defer_drain = True
-    position = -1
-    try:
-        for position, raw in enumerate(lines):
-            parsed = parse_report(raw, taxonomy)
-            if type(parsed) is Rejection:
-                summary.rejected[parsed.reason] += 1
-                on_reject(raw, parsed, position)
-                continue
-            events = observe(parsed)  # type: ignore[arg-type]
-            if detector.last_outcome is TOO_LATE:
-                rejection = Rejection(TOO_LATE, "older than the watermark minus the window")
-                summary.rejected[TOO_LATE] += 1
-                on_reject(raw, rejection, position)
-            if events:
-                emit(events)
-            if position % DRAIN_EVERY == 0:
-                emit(detector.drain())
-                if progress is not None and position % 65536 == 0:
-                    progress(position)
-    finally:
-        detector.defer_drain = deferred
-    emit(detector.flush())
-    counts = detector.counts
-    summary.read = position + 1
+    read = 0
+    lines = iter(lines)
+    while batch := list(islice(lines, BATCH_LINES)):
+        deliver(core.on_reports(0, [(read + n, raw, 0) for n, raw in enumerate(batch)], None))
+        read += len(batch)
+        if progress is not None and read % 65536 < BATCH_LINES:
+            progress(read)
+    deliver(core.flush())
+    counts = core.detector.counts
+    summary.read = read
     summary.accepted = counts[ACCEPTED]
     summary.duplicate = counts[DUPLICATE]
     summary.unclassified = counts[UNCLASSIFIED_OUTCOME]
     return summary
 
 
+def replay_core(params: DetectorParams, source_name: str) -> WorkerCore:
+    """The worker's core as a replay runs it: one partition, a file for a source."""
+    return WorkerCore(params, source_name, source_is_file=True)
+
+
 def replay_files(
     input_stream: BinaryIO,
     output: BinaryIO,
     dlq: BinaryIO,
-    detector: Detector,
+    params: DetectorParams,
     source_name: str,
     progress: Callable[[int], None] | None = None,
 ) -> ReplaySummary:
@@ -132,11 +118,8 @@ def replay_files(
     def on_event(event: IncidentEvent) -> None:
         write_event(event.to_json() + b"\n")
 
-    def on_reject(raw: bytes, rejection: Rejection, position: int) -> None:
-        # Replays stay byte-identical: the line number stands for the offset, no wall clock.
-        record = dlq_record(
-            raw, rejection, topic=source_name, partition=None, offset=position, received_at_ms=None
-        )
-        write_dlq(orjson.dumps(record) + b"\n")
+    def on_reject(record: bytes) -> None:
+        write_dlq(record + b"\n")
 
-    return replay(read_lines(input_stream), detector, on_event, on_reject, progress)
+    core = replay_core(params, source_name)
+    return replay(read_lines(input_stream), core, on_event, on_reject, progress)

@@ -1,9 +1,15 @@
-"""The worker's shell around the detector: Kafka records in, messages to produce out.
+"""The one driver of the detector: records in (raw bytes), messages to produce out.
 
-No Kafka client lives here (stream/app.py moves the bytes); this class keeps what a
-long-running consumer needs beyond the pure core: per-partition watermarks with idle
-advance, the wall clock for `future_timestamp` and `emitted_at`, checkpoints and their
-restore, and the tallies the metrics report.
+The worker runs it over the Kafka partitions it is assigned; `geoincident replay` and the
+tests run it over one partition with no wall clock. So there is one path from raw bytes to an
+incident event or a DLQ record, and one watermark policy: each partition's highest event
+time, the slowest partition's less the lateness bound, raised per report and drained at the
+end of each batch.
+
+No Kafka client lives here (stream/app.py moves the bytes); besides the detector this class
+keeps what a long-running consumer needs: per-partition offsets, idle advance and the wall
+clock for `future_timestamp` and `emitted_at` (live only), checkpoints and their restore,
+and the tallies the metrics report.
 """
 
 from __future__ import annotations
@@ -26,13 +32,22 @@ from geoincident.detectors.engine import (
 )
 from geoincident.detectors.events import IncidentEvent
 from geoincident.detectors.params import DetectorParams
-from geoincident.detectors.report import Rejection, dlq_record, future_problem, parse_report
+from geoincident.detectors.report import (
+    Rejection,
+    Report,
+    dlq_record,
+    future_problem,
+    parse_report,
+)
 from geoincident.detectors.timefmt import format_ms
 
 log = logging.getLogger("geoincident.worker")
 
+_TOO_LATE = Rejection(TOO_LATE, "older than the watermark minus the window")
+
 MARK_SPAN_MS = 1000
 _NO_PARTITION = 2**62  # no partition counts for the watermark (yet)
+_EVERY = -(2**31)  # `_lowest_other`: no partition is left out
 CHECKPOINT_VERSION = 3  # 3: free reports and significance; a surge spans several regions
 
 
@@ -98,11 +113,14 @@ class WorkerCore:
         future_tolerance_s: float = 300.0,
         idle_advance: bool = True,
         actions_topic: str = "incident-actions",
+        source_is_file: bool = False,
     ) -> None:
         self.params = params
         self.topic = topic
+        # A replay reads a file: its DLQ records name no partition, and the offset is the line.
+        self.source_is_file = source_is_file
         self.actions_topic = actions_topic
-        self.detector = Detector(params, self_advancing=False)
+        self.detector = Detector(params)
         self.partitions: dict[int, PartitionClock] = {}
         self.future_tolerance_ms = int(future_tolerance_s * 1000)
         self.idle_advance = idle_advance
@@ -127,28 +145,33 @@ class WorkerCore:
         self,
         partition: int,
         records: Iterable[tuple[int, bytes, int]],
-        now_ms: int,
+        now_ms: int | None,
         silent: bool = False,
     ) -> Outputs:
         """A batch of (offset, value, timestamp_ms) from one partition, in offset order.
 
+        `now_ms`: the wall clock, or None for a replay (no `future_timestamp` check, events
+        keep their event-time `emitted_at`, nothing depends on when it runs).
         `silent`: records processed before a restart whose outputs were already produced;
         state and counts take them in, nothing is produced again.
         """
         out = Outputs()
         clock = self.partitions.setdefault(partition, PartitionClock())
         detector = self.detector
+        observe = detector.observe
         taxonomy = self.params.taxonomy
-        tolerance_ms = self.future_tolerance_ms
+        live = now_ms is not None
+        horizon_ms = now_ms + self.future_tolerance_ms if live else 2**62  # type: ignore[operator]
         arrivals = self._arrivals
         arrival_order = self._arrival_order
         outcomes = out.outcomes
         last_offset = first_offset = None
-        clock.last_arrival_wall_ms = now_ms
+        if live:
+            clock.last_arrival_wall_ms = now_ms  # type: ignore[assignment]
         # Within one batch the other partitions' event time stands still (same wall clock), so
-        # the watermark moves with this partition's max alone: raised per report, as a replay
-        # does (what is too late must not depend on how the broker cut the batches), and the
-        # windows are processed once, at the end of the batch.
+        # the watermark moves with this partition's max alone: raised per report (what is too
+        # late must not depend on how the broker cut the batches), and the windows are
+        # processed once, at the end of the batch.
         others = self._lowest_other(partition, now_ms)
         lateness_ms = self._lateness_ms
         max_ts_ms = clock.max_ts_ms
@@ -160,35 +183,26 @@ class WorkerCore:
             if type(parsed) is Rejection:
                 self._reject(out, value, parsed, partition, offset, now_ms)
                 continue
-            report = parsed
-            if report.ts_ms > now_ms + tolerance_ms:  # type: ignore[union-attr]
-                problem = future_problem(report, now_ms, tolerance_ms)  # type: ignore[arg-type]
+            report: Report = parsed  # type: ignore[assignment]
+            if report.ts_ms > horizon_ms:
+                problem = future_problem(report, now_ms, self.future_tolerance_ms)  # type: ignore[arg-type]
                 if problem is not None:
                     self._reject(out, value, problem, partition, offset, now_ms)
                     continue
-            report_id = report.id  # type: ignore[union-attr]
-            if report_id not in arrivals:
+            if live and report.id not in arrivals:
                 # before observe: a late report is processed at once and can trigger an
                 # `opened` event right there
-                arrivals[report_id] = timestamp_ms
-                arrival_order.append((now_ms, report_id))
-            events = detector.observe(report)  # type: ignore[arg-type]
-            outcome = detector.last_outcome
+                arrivals[report.id] = timestamp_ms
+                arrival_order.append((now_ms, report.id))  # type: ignore[arg-type]
+            outcome, events = observe(report)
             if outcome is TOO_LATE:
-                self._reject(
-                    out,
-                    value,
-                    Rejection(TOO_LATE, "older than the watermark minus the window"),
-                    partition,
-                    offset,
-                    now_ms,
-                )
+                self._reject(out, value, _TOO_LATE, partition, offset, now_ms)
                 continue
             outcomes[outcome] += 1
             if events:
                 self._emit(out, events, now_ms)
             if outcome is ACCEPTED:
-                ts_ms = report.ts_ms  # type: ignore[union-attr]
+                ts_ms = report.ts_ms
                 if max_ts_ms is None or ts_ms > max_ts_ms:
                     max_ts_ms = clock.max_ts_ms = ts_ms
                     if others is not None:
@@ -196,16 +210,22 @@ class WorkerCore:
                         detector.raise_watermark(lowest - lateness_ms)
         if last_offset is None:
             return out
-        clock.last_arrival_wall_ms = now_ms
         clock.next_offset = last_offset + 1
         clock.started = True
         if clock.max_ts_ms is not None:
-            clock.mark(first_offset, clock.max_ts_ms)
+            clock.mark(first_offset, clock.max_ts_ms)  # type: ignore[arg-type]
         self._emit(out, detector.advance(self.watermark_ms(now_ms)), now_ms)
-        self._forget_arrivals(now_ms)
+        if live:
+            self._forget_arrivals(now_ms)  # type: ignore[arg-type]
         self.totals.update(out.outcomes)
         if silent:
             return Outputs(outcomes=out.outcomes, rejections=out.rejections)
+        return out
+
+    def flush(self, now_ms: int | None = None) -> Outputs:
+        """End of input (a replay): event time moves to the latest report seen."""
+        out = Outputs()
+        self._emit(out, self.detector.flush(), now_ms)
         return out
 
     def _forget_arrivals(self, now_ms: int) -> None:
@@ -218,7 +238,7 @@ class WorkerCore:
         while order and order[0][0] < horizon:
             arrivals.pop(order.popleft()[1], None)
 
-    def _lowest_other(self, partition: int | None, now_ms: int) -> int | None:
+    def _lowest_other(self, partition: int, now_ms: int | None) -> int | None:
         """The lowest event time of the partitions other than `partition` (idle advance
         included), or _NO_PARTITION when none counts; None while one of them holds event time
         back."""
@@ -230,11 +250,14 @@ class WorkerCore:
                 # Assigned but nothing from it yet: hold event time for a while, or reading a
                 # backlog would let the first partition's batch make the others "too late".
                 # A partition still silent after the hold is empty or idle and is left out.
-                if now_ms - clock.last_arrival_wall_ms < self.empty_partition_hold_ms:
+                # Without a wall clock (replay) it holds until the end of the input.
+                if now_ms is None or (
+                    now_ms - clock.last_arrival_wall_ms < self.empty_partition_hold_ms
+                ):
                     return None
                 continue
             seen = clock.max_ts_ms
-            if self.idle_advance:
+            if self.idle_advance and now_ms is not None:
                 seen += max(0, now_ms - clock.last_arrival_wall_ms)
             if seen < lowest:
                 lowest = seen
@@ -247,7 +270,7 @@ class WorkerCore:
         rejection: Rejection,
         partition: int,
         offset: int,
-        now_ms: int,
+        now_ms: int | None,
     ) -> None:
         out.outcomes["rejected"] += 1
         out.rejections[rejection.reason] += 1
@@ -255,13 +278,20 @@ class WorkerCore:
             value,
             rejection,
             topic=self.topic,
-            partition=partition,
+            partition=self.dlq_partition(partition),
             offset=offset,
             received_at_ms=now_ms,
         )
         out.dlq.append(orjson.dumps(record))
 
-    def _emit(self, out: Outputs, events: list[IncidentEvent], now_ms: int) -> None:
+    def dlq_partition(self, partition: int) -> int | None:
+        """The partition a DLQ record names: the input's, or none for a file (replay)."""
+        return None if self.source_is_file else partition
+
+    def _emit(self, out: Outputs, events: list[IncidentEvent], now_ms: int | None) -> None:
+        if now_ms is None:
+            out.incidents.extend(events)  # replay: event time only
+            return
         stamp = format_ms(now_ms)
         for event in events:
             if event.event == "opened" and event.trigger_report_id is not None:
@@ -274,14 +304,14 @@ class WorkerCore:
 
     # ------------------------------------------------------------------ time
 
-    def watermark_ms(self, now_ms: int) -> int:
+    def watermark_ms(self, now_ms: int | None) -> int:
         """The slowest partition's event time, less the lateness bound.
 
         A partition that has gone quiet moves on by the wall time since its last report (like
         Flink's idle sources), so quiet incidents still resolve; it never jumps to the wall
         clock, so a backfill of last week's reports is judged like live ones.
         """
-        lowest = self._lowest_other(None, now_ms)
+        lowest = self._lowest_other(_EVERY, now_ms)
         if lowest is None or lowest == _NO_PARTITION:
             return -(2**62)
         return lowest - self._lateness_ms

@@ -1,14 +1,12 @@
 """A detector restored from a checkpoint and refilled from the input carries on as if it had
 never stopped."""
 
-import pickle
 import random
 
 import pytest
 
-from geoincident.detectors import Detector
 from geoincident.geo import destination
-from tests.builders import SPOT, report, ring
+from tests.builders import SPOT, Driven, report, ring
 
 
 def _stream(seed: int) -> list:
@@ -30,20 +28,16 @@ def _stream(seed: int) -> list:
 def test_restore_and_rebuild_continue_byte_identically(cut_fraction):
     reports = _stream(3)
     cut = int(len(reports) * cut_fraction)
-    whole = Detector()
-    before = whole.observe_many(reports[:cut])
-    after = whole.observe_many(reports[cut:]) + whole.flush()
+    whole = Driven()
+    before = whole.feed(reports[:cut])
+    after = whole.feed(reports[cut:]) + whole.flush()
 
-    first = Detector()
-    assert [e.to_json() for e in first.observe_many(reports[:cut])] == [e.to_json() for e in before]
-    checkpoint = pickle.dumps(first.snapshot())
-
-    second = Detector()
-    second.restore(pickle.loads(checkpoint))
-    second.rebuild(reports[:cut])  # the worker reads these again from the input topic
-    resumed = second.observe_many(reports[cut:]) + second.flush()
+    first = Driven()
+    assert [e.to_json() for e in first.feed(reports[:cut])] == [e.to_json() for e in before]
+    second = first.restart(reports[:cut])  # the worker reads these again from the input topic
+    resumed = second.feed(reports[cut:]) + second.flush()
     assert [e.to_json() for e in resumed] == [e.to_json() for e in after]
-    assert second.counts == whole.counts
+    assert second.detector.counts == whole.detector.counts
     assert any(e.event == "opened" for e in after)
 
 
@@ -51,22 +45,17 @@ def test_a_report_read_twice_in_the_rebuild_counts_once():
     """At least once: the input can hold a report twice; the rebuilt window must not."""
     reports = _stream(3)
     cut = int(len(reports) * 0.45)
-    whole = Detector()
-    whole.observe_many(reports[:cut])
-    after = whole.observe_many(reports[cut:]) + whole.flush()
+    whole = Driven()
+    whole.feed(reports[:cut])
+    after = whole.feed(reports[cut:]) + whole.flush()
 
-    first = Detector()
-    first.observe_many(reports[:cut])
-    blob = pickle.dumps(first.snapshot())
-    once = Detector()
-    once.restore(pickle.loads(blob))
-    once.rebuild(reports[:cut])
-    second = Detector()
-    second.restore(pickle.loads(blob))
-    second.rebuild(reports[:cut] + reports[:cut])  # every record re-read twice
-    assert second.state_reports == once.state_reports
-    assert second.surge.state_reports == once.surge.state_reports
-    resumed = second.observe_many(reports[cut:]) + second.flush()
+    first = Driven()
+    first.feed(reports[:cut])
+    once = first.restart(reports[:cut])
+    second = first.restart(reports[:cut] + reports[:cut])  # every record re-read twice
+    assert second.detector.state_reports == once.detector.state_reports
+    assert second.detector.surge.state_reports == once.detector.surge.state_reports
+    resumed = second.feed(reports[cut:]) + second.flush()
     assert [e.to_json() for e in resumed] == [e.to_json() for e in after]
 
 
@@ -80,16 +69,13 @@ def test_a_report_that_counted_before_a_block_counts_again_after_a_restart():
     later.append(report("tick", 20, *destination(*SPOT, 0.0, 5000.0)))
 
     def run(restart: bool) -> list[bytes]:
-        detector = Detector()
-        events = detector.observe_many(first_part)
-        events += detector.advance(first_part[-1].ts_ms)  # processed up to here
-        detector.block(reporter="mallory")
+        driven = Driven()
+        events = driven.feed(first_part)
+        events += driven.detector.advance(first_part[-1].ts_ms)  # processed up to here
+        driven.detector.block(reporter="mallory")
         if restart:
-            checkpoint = pickle.dumps(detector.snapshot())
-            detector = Detector()
-            detector.restore(pickle.loads(checkpoint))
-            detector.rebuild(first_part)
-        events += detector.observe_many(later) + detector.flush()
+            driven = driven.restart(first_part)
+        events += driven.feed(later) + driven.flush()
         return [event.to_json() for event in events]
 
     uninterrupted = run(restart=False)

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoincident.detectors import Detector, DetectorParams
+from geoincident.detectors import DetectorParams
 from geoincident.geo import destination, haversine_m
-from tests.builders import MINUTE_MS, SPOT, T0_MS, opened, report, ring, run
+from tests.builders import MINUTE_MS, SPOT, T0_MS, Driven, opened, report, ring, run
 
 CONTRACT_FIELDS = {
     "schema",
@@ -208,22 +208,22 @@ def test_updates_are_throttled_to_one_per_interval():
 def test_quiet_for_an_hour_resolves_and_a_new_cluster_opens_a_new_incident():
     first = ring(5, 30, prefix="a")
     again = ring(5, 30, prefix="b", start_minute=4 + 61)
-    detector = Detector()
-    events = detector.observe_many(first)
-    events += detector.advance(T0_MS + (4 + 59) * MINUTE_MS)
+    detector = Driven()
+    events = detector.feed(first)
+    events += detector.detector.advance(T0_MS + (4 + 59) * MINUTE_MS)
     assert [e.event for e in events] == ["opened"]
-    events += detector.advance(T0_MS + (4 + 60) * MINUTE_MS)
+    events += detector.detector.advance(T0_MS + (4 + 60) * MINUTE_MS)
     assert [e.event for e in events] == ["opened", "resolved"]
     assert events[-1].resolved_reason == "quiet"
     assert events[-1].emitted_at == "2026-11-24T10:04:00.000Z"
-    events += detector.observe_many(again) + detector.flush()
+    events += detector.feed(again) + detector.flush()
     assert [e.event for e in events] == ["opened", "resolved", "opened"]
     assert events[0].incident_id != events[2].incident_id
 
 
 def test_state_holds_no_more_than_window_plus_lateness_of_reports():
     params = DetectorParams()
-    detector = Detector(params)
+    detector = Driven(params)
     rng = random.Random(7)
     per_minute = 40
     span_ms = params.defaults.window_ms + params.allowed_lateness_ms
@@ -234,9 +234,9 @@ def test_state_holds_no_more_than_window_plus_lateness_of_reports():
         for n in range(per_minute):
             lat, lon = destination(*SPOT, rng.uniform(0, 360), rng.uniform(0, 5000))
             batch.append(report(f"m{minute}-{n}", minute + n / per_minute, lat, lon))
-        detector.observe_many(batch)
-        peak = max(peak, detector.state_reports)
-    assert detector.counts["accepted"] == 6 * 60 * per_minute
+        detector.feed(batch)
+        peak = max(peak, detector.detector.state_reports)
+    assert detector.detector.counts["accepted"] == 6 * 60 * per_minute
     assert 0 < peak <= bound
 
 
@@ -257,11 +257,11 @@ def test_merging_clusters_keep_the_older_incident():
 
 
 def test_a_blocked_reporter_counts_for_nothing_from_then_on():
-    detector = Detector()
-    detector.block(reporter="r-user4")
-    events = detector.observe_many(ring(5, 30)) + detector.flush()
+    detector = Driven()
+    detector.detector.block(reporter="r-user4")
+    events = detector.feed(ring(5, 30)) + detector.flush()
     assert events == []
-    events = detector.observe_many(ring(1, 30, prefix="x", start_minute=5)) + detector.flush()
+    events = detector.feed(ring(1, 30, prefix="x", start_minute=5)) + detector.flush()
     assert len(events) == 1 and events[0].independent_reporters == 5
     assert events[0].report_count == 6 and events[0].score == 5.0
 
@@ -279,18 +279,19 @@ def test_independence_counts_people_not_accounts_or_devices():
 
 
 def test_an_empty_result_is_a_new_list_every_time():
-    # The README's idiom `events = detector.observe(r); events += detector.advance(w)` extends
-    # what observe returned; a shared empty list would then carry stale events everywhere.
+    # The embedding idiom `outcome, events = detector.observe(r); events += ...` extends what
+    # observe returned; a shared empty list would then carry stale events everywhere.
+    from geoincident.detectors import Detector
     from geoincident.detectors.surge import SurgeDetector, SurgeParams
 
     first = Detector()
-    events = first.observe(report("a", 0))
+    _, events = first.observe(report("a", 0))
     events += ["stale"]
-    events = first.observe(report("a", 0))  # a duplicate
+    _, events = first.observe(report("a", 0))  # a duplicate
     events += ["stale"]
     other = Detector()
-    assert other.observe(report("b", 0)) == []
-    assert other.observe(report("b", 0)) == []  # a duplicate
+    assert other.observe(report("b", 0)) == ("accepted", [])
+    assert other.observe(report("b", 0)) == ("duplicate", [])
     assert other.advance(T0_MS) == []
     disabled = SurgeDetector(SurgeParams(enabled=False))
     surge_events = disabled.observe(report("c", 0))

@@ -6,9 +6,8 @@ import random
 
 import h3
 
-from geoincident.detectors import Detector
 from geoincident.geo import destination, haversine_m
-from tests.builders import MINUTE_MS, SPOT, T0_MS, report
+from tests.builders import MINUTE_MS, SPOT, T0_MS, Driven, report
 
 CATEGORY = "power_outage"
 
@@ -48,8 +47,8 @@ def test_an_outbreak_over_three_regions_is_one_surge_and_its_local_incidents_poi
     district, reports = _stream()
     regions = {h3.latlng_to_cell(r.lat, r.lon, 6) for r in reports if r.id.startswith("out")}
     assert len(regions) == 3
-    detector = Detector()
-    events = detector.observe_many(sorted(reports, key=lambda r: (r.ts_ms, r.id)))
+    detector = Driven()
+    events = detector.feed(sorted(reports, key=lambda r: (r.ts_ms, r.id)))
     events += detector.flush()
     surges = [e for e in events if e.kind == "surge" and e.event == "opened"]
     assert len(surges) == 1
@@ -80,8 +79,8 @@ def test_an_outbreak_over_three_regions_is_one_surge_and_its_local_incidents_poi
 
 def test_an_incident_opened_before_a_surge_points_at_it_from_its_next_event():
     district, reports = _stream(seed=2)
-    detector = Detector()
-    events = detector.observe_many(sorted(reports, key=lambda r: (r.ts_ms, r.id)))
+    detector = Driven()
+    events = detector.feed(sorted(reports, key=lambda r: (r.ts_ms, r.id)))
     events += detector.flush()
     surge_ids = {e.incident_id for e in events if e.kind == "surge"}
     for event in events:

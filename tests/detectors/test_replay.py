@@ -5,33 +5,23 @@ import sys
 
 import orjson
 
-from geoincident.detectors import Detector, DetectorParams
-from geoincident.stream.replay import ReplaySummary, replay
+from geoincident.detectors import DetectorParams
+from geoincident.stream.replay import ReplaySummary, replay, replay_core
 from tests.builders import T0_MS, ring
+from tests.builders import line as report_line
 
 
 def replay_lines(lines, params=None) -> tuple[ReplaySummary, list, list]:
     events, rejects = [], []
-    summary = replay(
-        lines,
-        Detector(params or DetectorParams()),
-        events.append,
-        lambda raw, rejection, position: rejects.append((position, rejection.reason)),
-    )
+
+    def on_reject(record: bytes) -> None:
+        found = orjson.loads(record)
+        assert found["partition"] is None and found["received_at"] is None  # a file, no clock
+        rejects.append((found["offset"], found["reason"]))
+
+    core = replay_core(params or DetectorParams(), "test.jsonl")
+    summary = replay(lines, core, events.append, on_reject)
     return summary, events, rejects
-
-
-def report_line(r) -> bytes:
-    return orjson.dumps(
-        {
-            "id": r.id,
-            "ts": r.ts_ms,
-            "lat": r.lat,
-            "lon": r.lon,
-            "reporter": r.reporter,
-            "category": r.category,
-        }
-    )
 
 
 def test_summary_counts_every_outcome():

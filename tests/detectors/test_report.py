@@ -4,10 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoincident.detectors import Detector, DetectorParams, Rejection, Report, parse_report
+from geoincident.detectors import DetectorParams, Rejection, Report, parse_report
 from geoincident.detectors.report import REASONS, dlq_record, future_problem
 from geoincident.detectors.taxonomy import Taxonomy
-from tests.builders import T0_MS, report, wire
+from tests.builders import T0_MS, Driven, report, wire
 
 TAXONOMY = Taxonomy()
 
@@ -104,12 +104,14 @@ def test_future_timestamp_is_judged_against_a_given_clock():
 
 
 def test_too_late_is_older_than_watermark_minus_window():
-    detector = Detector(DetectorParams())
-    detector.observe(report("now", minute=60))
-    detector.observe(report("late-but-ok", minute=60 - 2 - 14))
-    assert detector.last_outcome == "accepted"
-    detector.observe(report("too-old", minute=60 - 2 - 16))
-    assert detector.last_outcome == "too_late"
+    # the watermark is the latest event time less the lateness bound (2 min); the window 15 min
+    driven = Driven(DetectorParams())
+    driven.feed([report("now", minute=60)])
+    driven.feed([report("late-but-ok", minute=60 - 2 - 14)])
+    assert driven.last.outcomes == {"accepted": 1}
+    driven.feed([report("too-old", minute=60 - 2 - 16)])
+    assert driven.last.rejections == {"too_late": 1}
+    assert driven.detector.observe(report("too-old-2", minute=60 - 2 - 16)).outcome == "too_late"
 
 
 def test_every_reason_of_the_contract_is_known():

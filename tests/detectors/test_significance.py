@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from geoincident.detectors import Detector, DetectorParams
+from geoincident.detectors import DetectorParams
 from geoincident.detectors.significance import SignificanceParams, judge, poisson_tail
 from geoincident.geo import destination, haversine_m
-from tests.builders import MINUTE_MS, SPOT, T0_MS, opened, report, ring
+from tests.builders import MINUTE_MS, SPOT, T0_MS, Driven, opened, report, ring
 
 NO_TEST = DetectorParams(significance=SignificanceParams(enabled=False))
 
@@ -38,9 +38,9 @@ def uniform_background(
 
 
 def replay(reports, params=None):
-    detector = Detector(params or DetectorParams())
+    detector = Driven(params or DetectorParams())
     ordered = sorted(reports, key=lambda r: (r.ts_ms, r.id))
-    return detector, detector.observe_many(ordered) + detector.flush()
+    return detector, detector.feed(ordered) + detector.flush()
 
 
 # ~1,000 reports/min over 350 km² spread over eight categories: 0.36 per km² per minute each
@@ -54,7 +54,7 @@ def test_a_dense_background_opens_chance_incidents_without_the_test_and_none_wit
     detector, with_test = replay(background)
     assert len(opened(without)) >= 10  # five reporters within 250 m happen by chance here
     assert opened(with_test) == []
-    assert detector.chance_groups >= len(opened(without))
+    assert detector.detector.chance_groups >= len(opened(without))
 
 
 def test_a_sparse_five_reporter_incident_opens_at_its_threshold_crossing_report():
@@ -116,8 +116,8 @@ def test_significance_settings_are_validated_naming_the_key():
 def test_a_group_is_tested_only_at_scales_within_its_category_rules():
     params = DetectorParams()
     small = replace(params.defaults, radius_m=80.0, window_s=240.0)
-    detector = Detector(replace(params, defaults=small))
-    scales = detector._scales_of("streetlight_out", small)
+    detector = Driven(replace(params, defaults=small))
+    scales = detector.detector._scales_of("streetlight_out", small)
     assert max(r for r, _ in scales) == 80.0 and max(w for _, w in scales) == 240.0
     assert (50.0, 180.0) in scales
 
@@ -143,7 +143,7 @@ def test_the_edge_of_a_busy_city_is_not_taken_for_a_quiet_neighbourhood(busier, 
     ]
     detector, events = replay(city)
     assert opened(events) == []
-    assert detector.chance_groups > 0  # groups reached the threshold and were judged
+    assert detector.detector.chance_groups > 0  # groups reached the threshold and were judged
 
 
 def test_inhabited_boxes_tell_an_edge_from_a_thin_background():
@@ -189,9 +189,9 @@ def test_an_incident_in_a_busy_area_goes_quiet_when_only_the_background_still_jo
 
 
 def test_where_reports_are_rare_one_late_member_keeps_an_incident_open_for_an_hour():
-    detector = Detector()
-    events = detector.observe_many(ring(5, 30) + [report("late", 50, reporter="sixth")])
-    events += detector.advance(T0_MS + (50 + 59) * MINUTE_MS)
+    detector = Driven()
+    events = detector.feed(ring(5, 30) + [report("late", 50, reporter="sixth")])
+    events += detector.detector.advance(T0_MS + (50 + 59) * MINUTE_MS)
     assert [e.event for e in events if e.event != "updated"] == ["opened"]
-    events += detector.advance(T0_MS + (50 + 61) * MINUTE_MS)
+    events += detector.detector.advance(T0_MS + (50 + 61) * MINUTE_MS)
     assert events[-1].event == "resolved" and events[-1].resolved_reason == "quiet"
