@@ -88,6 +88,10 @@ class Worker:
         # its outputs and waits for their acks; a checkpoint taken in between would record
         # offsets whose outputs were never acknowledged, and a crash would then skip them.
         self._step = asyncio.Lock()
+        # Set while this process holds every reports partition (or none): see _on_assigned.
+        self._whole = asyncio.Event()
+        self._whole.set()
+        self.shared_group = False
         self._last_checkpoint = 0.0
         self._checkpointed: tuple | None = None
         self.app = self._build_app()
@@ -224,9 +228,39 @@ class Worker:
         return None
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
-        mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.topics.reports)
+        topic = self.settings.topics.reports
+        mine = sorted(tp.partition for tp in assigned if tp.topic == topic)
         self.core.assigned(mine, now_ms())
         log.info(logfmt("partitions_assigned", partitions=",".join(map(str, mine)) or "none"))
+        total = self.reports_partition_count()
+        if mine and len(mine) < total:
+            # Another process joined the group (a second worker, or a rolling deploy): reports
+            # of one place would be split between two detectors, and each would miss the
+            # incidents whose reports landed on the other. Until the group is one process
+            # again, this one processes nothing (its input waits, uncommitted) and is not ready.
+            self.shared_group = True
+            self._whole.clear()
+            self.ready = False
+            log.error(
+                logfmt(
+                    "group_shared",
+                    group=self.settings.kafka.group_id,
+                    partitions=f"{len(mine)} of {total}",
+                    detail="another process is in this consumer group; processing waits until "
+                    "this one holds every partition of the reports topic (run one worker per "
+                    "group; deploy by stopping the old worker before starting the new)",
+                )
+            )
+        elif self.shared_group:
+            self.shared_group = False
+            self._whole.set()
+            self.ready = self._restored
+            log.info(logfmt("group_whole", partitions=f"{len(mine)} of {total}"))
+
+    def reports_partition_count(self) -> int:
+        """The reports topic's partitions, as the consumer's metadata knows them."""
+        count = self.app.consumer.topic_partitions(self.settings.topics.reports)
+        return count if count else self.settings.topics.partitions
 
     # ------------------------------------------------------------------ processing
 
@@ -251,6 +285,7 @@ class Worker:
 
     async def on_reports(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
         await self.ensure_restored()
+        await self._whole.wait()
         async with self._step:
             await self._on_reports(partition, records)
 
@@ -261,7 +296,8 @@ class Worker:
             # Nothing processed from this partition yet: the group's committed offset is where
             # it should start. Faust can drop a batch it delivered right after its start-up
             # seek and move past it; such a hole is read here, as for a started partition.
-            expected = (await self.committed_offsets([partition])).get(partition, 0)
+            topic = self.settings.topics.reports
+            expected = (await self.committed_offsets(topic, [partition])).get(partition, 0)
             if records[0][0] > expected:
                 records = await self._fill_gap(partition, expected, records)
             clock = None
@@ -282,7 +318,9 @@ class Worker:
         self, partition: int, start: int, records: list[tuple[int, bytes, int]]
     ) -> list[tuple[int, bytes, int]]:
         """The batch, preceded by the records [start, its first offset) read from the topic."""
-        missing = await self.read_range(partition, start, records[0][0])
+        missing = await self.read_range(
+            self.settings.topics.reports, partition, start, records[0][0]
+        )
         log.warning(
             logfmt(
                 "gap_filled",
@@ -399,14 +437,19 @@ class Worker:
                 checkpoint = pickle.loads(zlib.decompress(blob))
                 self.core.restore(checkpoint, now_ms())
                 read = 0
+                topics = self.settings.topics
                 for partition, saved in checkpoint["partitions"].items():
                     values = await self.read_range(
-                        int(partition), saved["rebuild_offset"], saved["next_offset"]
+                        topics.reports,
+                        int(partition),
+                        saved["rebuild_offset"],
+                        saved["next_offset"],
                     )
                     read += self.core.rebuild(v for _, v, _ in values)
-                committed = await self.committed_offsets(checkpoint["partitions"])
+                committed = await self.committed_offsets(topics.reports, checkpoint["partitions"])
                 for partition, offset in committed.items():
                     await self._catch_up(partition, offset, now_ms())
+                await self._catch_up_actions()
                 log.info(
                     logfmt(
                         "checkpoint_restored",
@@ -418,10 +461,11 @@ class Worker:
             else:
                 log.info(logfmt("fresh_start"))
             self._restored = True
-            self.ready = True
+            self.ready = not self.shared_group
 
-    async def committed_offsets(self, partitions: Any) -> dict[int, int]:
-        """The group's committed offsets of the reports partitions (OffsetFetch, no join)."""
+    async def committed_offsets(self, topic: str, partitions: Any | None = None) -> dict[int, int]:
+        """The group's committed offsets of a topic's partitions (all of them when None), by
+        OffsetFetch: no join."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka.brokers,
             group_id=self.settings.kafka.group_id,
@@ -430,10 +474,11 @@ class Worker:
         )
         await consumer.start()
         try:
+            if partitions is None:
+                partitions = consumer.partitions_for_topic(topic) or ()
             found = {}
             for partition in partitions:
-                tp = TopicPartition(self.settings.topics.reports, int(partition))
-                offset = await consumer.committed(tp)
+                offset = await consumer.committed(TopicPartition(topic, int(partition)))
                 if offset is not None:
                     found[int(partition)] = offset
             return found
@@ -446,15 +491,31 @@ class Worker:
         clock = self.core.partitions.get(partition)
         if clock is None or first_offset <= clock.next_offset:
             return
-        records = await self.read_range(partition, clock.next_offset, first_offset)
+        topic = self.settings.topics.reports
+        records = await self.read_range(topic, partition, clock.next_offset, first_offset)
         out = self.core.on_reports(partition, records, current, silent=True)
         self._count(out)
-        log.info(logfmt("caught_up", partition=partition, records=len(records)))
+        log.info(logfmt("caught_up", topic=topic, partition=partition, records=len(records)))
+
+    async def _catch_up_actions(self) -> None:
+        """The same for actions: one the group committed but the checkpoint does not hold was
+        applied and its outputs produced before the stop. Applied again silently here, and
+        skipped when the group redelivers what the checkpoint holds, each action takes effect
+        exactly once across a crash."""
+        topic = self.settings.topics.actions
+        for partition, committed in (await self.committed_offsets(topic)).items():
+            start = self.core.action_offsets.get(partition, 0)
+            if committed <= start:
+                continue
+            records = await self.read_range(topic, partition, start, committed)
+            for offset, value, _ in records:
+                self._count(self.core.on_action(value, partition, offset, now_ms(), silent=True))
+            log.info(logfmt("caught_up", topic=topic, partition=partition, records=len(records)))
 
     async def read_range(
-        self, partition: int, start: int, end: int
+        self, topic: str, partition: int, start: int, end: int
     ) -> list[tuple[int, bytes, int]]:
-        """Records [start, end) of one reports partition, read with a plain consumer (no group).
+        """Records [start, end) of one partition, read with a plain consumer (no group).
         Counted, not bounded by end offsets: some brokers report those loosely."""
         if end <= start:
             return []
@@ -466,7 +527,7 @@ class Worker:
         )
         await consumer.start()
         try:
-            tp = TopicPartition(self.settings.topics.reports, partition)
+            tp = TopicPartition(topic, partition)
             consumer.assign([tp])
             consumer.seek(tp, start)
             records: list[tuple[int, bytes, int]] = []

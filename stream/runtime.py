@@ -131,6 +131,9 @@ class WorkerCore:
         # Outcomes since the stream began, kept in checkpoints: exact across restarts, so
         # produced = accepted + rejected + duplicate + unclassified can be checked.
         self.totals: Counter[str] = Counter()
+        # actions partition -> the next offset to apply: an action read again after a restart
+        # (the group's commit lagging the checkpoint) is skipped, so each takes effect once
+        self.action_offsets: dict[int, int] = {}
         self.checkpoint_seq = 0
         self._lateness_ms = params.allowed_lateness_ms
         # How far back a restart reads the input again: the longest window a report can still
@@ -317,8 +320,14 @@ class WorkerCore:
         return lowest - self._lateness_ms
 
     def assigned(self, partitions: Iterable[int], now_ms: int) -> None:
-        """The group gave us these partitions; event time waits to hear from each of them."""
-        for partition in partitions:
+        """The group's assignment is now exactly these partitions. Event time waits to hear
+        from a new one; one taken away no longer counts for the watermark (it would hold it
+        back for good with idle advance off) nor goes into checkpoints."""
+        mine = set(partitions)
+        for partition in list(self.partitions):
+            if partition not in mine:
+                del self.partitions[partition]
+        for partition in mine:
             if partition not in self.partitions:
                 self.partitions[partition] = PartitionClock(last_arrival_wall_ms=now_ms)
 
@@ -337,8 +346,16 @@ class WorkerCore:
 
     # ------------------------------------------------------------------ actions
 
-    def on_action(self, value: bytes, partition: int, offset: int, now_ms: int) -> Outputs:
+    def on_action(
+        self, value: bytes, partition: int, offset: int, now_ms: int, silent: bool = False
+    ) -> Outputs:
+        """One record of the actions topic. An offset already applied (it is in the restored
+        checkpoint) is skipped. `silent`: applied before a restart, its outputs produced then;
+        the state takes it in, nothing is produced again."""
         out = Outputs()
+        if offset < self.action_offsets.get(partition, 0):
+            return out
+        self.action_offsets[partition] = offset + 1
         try:
             action = parse_action(value)
             events = self.detector.apply_action(action)
@@ -356,7 +373,9 @@ class WorkerCore:
                 received_at_ms=now_ms,
             )
             out.action_dlq.append(orjson.dumps(record))
-            return out
+            events = []
+        if silent:
+            return Outputs(outcomes=out.outcomes)
         self._emit(out, events, now_ms)
         return out
 
@@ -375,6 +394,7 @@ class WorkerCore:
             "seq": self.checkpoint_seq,
             "detector": detector.snapshot(),
             "totals": dict(self.totals),
+            "actions": dict(self.action_offsets),
             "partitions": {
                 partition: {
                     "next_offset": clock.next_offset,
@@ -392,6 +412,7 @@ class WorkerCore:
             raise ValueError(f"checkpoint version {checkpoint.get('version')} is not supported")
         self.checkpoint_seq = checkpoint["seq"]
         self.totals = Counter(checkpoint["totals"])
+        self.action_offsets = {int(p): int(o) for p, o in checkpoint.get("actions", {}).items()}
         self.detector.restore(checkpoint["detector"])
         for partition, saved in checkpoint["partitions"].items():
             clock = PartitionClock(

@@ -36,16 +36,19 @@ def worker(bootstrap, topic_name, tmp_path):
 
 
 def test_a_range_that_exists_is_read_in_full(worker):
-    records = asyncio.run(worker.read_range(0, 0, 3))
+    records = asyncio.run(worker.read_range(worker.settings.topics.reports, 0, 0, 3))
     assert [(offset, value) for offset, value, _ in records] == [
         (0, b"value-0"),
         (1, b"value-1"),
         (2, b"value-2"),
     ]
-    assert asyncio.run(worker.read_range(0, 1, 2))[0][:2] == (1, b"value-1")
+    assert asyncio.run(worker.read_range(worker.settings.topics.reports, 0, 1, 2))[0][:2] == (
+        1,
+        b"value-1",
+    )
 
 
 def test_a_range_past_the_end_of_the_partition_fails_naming_it(worker, monkeypatch):
     monkeypatch.setattr(app, "READ_RANGE_IDLE_POLLS", 10)  # 2 s of silence, not 30
     with pytest.raises(ShortRead, match=r"partition 0 .*offsets \[0, 6\).*got up to 3"):
-        asyncio.run(worker.read_range(0, 0, 6))
+        asyncio.run(worker.read_range(worker.settings.topics.reports, 0, 0, 6))

@@ -80,3 +80,56 @@ def test_a_late_report_that_opens_an_incident_has_its_detection_latency_measured
     opened = [e for e in out.incidents if e.event == "opened"]
     assert len(opened) == 1 and opened[0].trigger_report_id == members[-1].id
     assert out.latencies_s == [0.25]
+
+
+def test_a_partition_taken_away_no_longer_holds_event_time_back():
+    # Without idle advance a partition's event time moves only with its reports: one given
+    # to another worker would freeze the watermark for good if it still counted here.
+    core = WorkerCore(DetectorParams(), "reports", idle_advance=False)
+    core.assigned([0, 1], NOW_MS)
+    core.on_reports(1, _records([report("old", 0, 47.7, -122.2)]), NOW_MS)
+    core.on_reports(0, _records(ring(5, 40)), NOW_MS)
+    held = core.watermark_ms(NOW_MS)
+    assert held == T0_MS - 120_000  # partition 1's first report, less the lateness bound
+    core.assigned([0], NOW_MS + 1_000)  # the rebalance gave partition 1 to another worker
+    assert 1 not in core.partitions and 1 not in core.checkpoint()["partitions"]
+    later = core.on_reports(0, _records([report("later", 30, 47.5, -122.1)], 5), NOW_MS + 2_000)
+    assert core.watermark_ms(NOW_MS + 2_000) == T0_MS + 28 * MINUTE_MS
+    assert [e.event for e in later.incidents] == ["opened"]
+
+
+def _action(offset: int, incident_id: str, to: str) -> bytes:
+    return orjson.dumps(
+        {
+            "action_id": f"a{offset}",
+            "incident_id": incident_id,
+            "action": "assign",
+            "to": to,
+            "by": "dispatcher-1",
+            "at": "2026-11-24T09:20:00.000Z",
+        }
+    )
+
+
+def test_an_action_read_again_after_a_restart_takes_effect_once():
+    # The group's committed offset can lag the checkpoint: after a crash the actions topic is
+    # read again from there. The checkpoint knows which offsets it holds.
+    core = WorkerCore(DetectorParams(), "reports")
+    core.assigned([0], NOW_MS)
+    opened = core.on_reports(0, _records(ring(5, 40)), NOW_MS).incidents
+    opened += core.tick(NOW_MS + 121_000).incidents
+    incident_id = opened[0].incident_id
+    applied = core.on_action(_action(0, incident_id, "crew-7"), 0, 0, NOW_MS)
+    assert [e.assigned_to for e in applied.incidents] == ["crew-7"]
+    version = core.detector.incidents[incident_id].version
+    checkpoint = core.checkpoint()
+    assert checkpoint["actions"] == {0: 1}
+
+    restarted = WorkerCore(DetectorParams(), "reports")
+    restarted.restore(checkpoint, NOW_MS)
+    again = restarted.on_action(_action(0, incident_id, "crew-7"), 0, 0, NOW_MS)
+    assert again.incidents == [] and again.outcomes == {}
+    incident = restarted.detector.incidents[incident_id]
+    assert incident.version == version and len(incident.history) == 1
+    following = restarted.on_action(_action(1, incident_id, "crew-8"), 0, 1, NOW_MS)
+    assert [e.assigned_to for e in following.incidents] == ["crew-8"]

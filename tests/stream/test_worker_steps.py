@@ -46,7 +46,7 @@ def test_a_checkpoint_waits_for_the_step_whose_outputs_are_in_flight(tmp_path):
         happened: list[str] = []
         release = asyncio.Event()
 
-        async def committed_offsets(partitions):
+        async def committed_offsets(topic, partitions=None):
             return {0: 0}
 
         async def produce(out):
