@@ -52,7 +52,6 @@ UNCLASSIFIED_OUTCOME = "unclassified"
 TOO_LATE = "too_late"
 
 
-
 class Observed(NamedTuple):
     """What became of one report: its outcome and the events it caused at once (a late
     report is processed on arrival; an on-time one waits for the watermark)."""

@@ -1,10 +1,15 @@
-"""The detector's parameters: plain typed values, built by the config loader (stream/config.py)."""
+"""The detector's parameters: plain typed values, built by the config loader (stream/config.py).
+
+The defaults and range rules declared here (and on `SurgeParams`, `SignificanceParams`) are those
+of the configuration keys: the config models are derived from these fields.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from geoincident.detectors.bounds import bounded, check
 from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
 from geoincident.detectors.taxonomy import Taxonomy
@@ -13,35 +18,43 @@ from geoincident.geo.fences import Geofences
 
 @dataclass(frozen=True, slots=True)
 class CategoryParams:
-    """What "enough independent reports agree" means for one category."""
+    """What "enough independent reports agree" means for one category: the `[detection]` keys
+    of that name are the defaults, `[detection.categories.NAME]` overrides them."""
 
-    threshold: float = 5.0
-    window_s: float = 900.0
-    radius_m: float = 250.0
+    threshold: float = bounded(5.0, gt=0)
+    window_s: float = bounded(900.0, gt=0)
+    radius_m: float = bounded(250.0, gt=0, le=50_000)
     # derived, read for every report: a plain attribute rather than a property
     window_ms: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        check(self, "detection")
         object.__setattr__(self, "window_ms", int(self.window_s * 1000))
 
 
 @dataclass(frozen=True, slots=True)
 class DetectorParams:
-    resolution: int = 10
-    allowed_lateness_s: float = 120.0
-    resolve_after_s: float = 3600.0
-    update_interval_s: float = 30.0
-    retain_resolved_s: float = 86_400.0
-    default_accuracy_m: float = 30.0
-    accuracy_floor_m: float = 3.0
-    max_report_ids: int = 200
+    """The `[detection]` section (its category keys in `defaults` and `categories`) with the
+    taxonomy and the surge detector's parameters."""
+
+    resolution: int = bounded(10, ge=0, le=15)  # an H3 resolution
+    allowed_lateness_s: float = bounded(120.0, ge=0)
+    resolve_after_s: float = bounded(3600.0, gt=0)
+    update_interval_s: float = bounded(30.0, ge=0)
+    retain_resolved_s: float = bounded(86_400.0, ge=0)
+    default_accuracy_m: float = bounded(30.0, gt=0)
+    accuracy_floor_m: float = bounded(3.0, gt=0)
+    max_report_ids: int = bounded(200, ge=1)
     defaults: CategoryParams = CategoryParams()
     categories: Mapping[str, CategoryParams] = field(default_factory=dict)
-    source_weights: Mapping[str, float] = field(default_factory=dict)
+    source_weights: Mapping[str, float] = bounded(default_factory=dict, ge=0, each=True)
     taxonomy: Taxonomy = field(default_factory=Taxonomy)
     geofences: Geofences | None = None
     surge: SurgeParams = SurgeParams()
     significance: SignificanceParams = SignificanceParams()
+
+    def __post_init__(self) -> None:
+        check(self, "detection")
 
     def for_category(self, category: str) -> CategoryParams:
         return self.categories.get(category, self.defaults)

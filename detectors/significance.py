@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from geoincident.detectors.bounds import bounded, check
 from geoincident.geo.grid import DistanceGrid
 
 MINUTES_PER_DAY = 1440.0
@@ -47,37 +48,25 @@ _KM_PER_DEG = 6_371.0088 * math.pi / 180.0
 
 @dataclass(frozen=True, slots=True)
 class SignificanceParams:
-    """The `[detection.significance]` section."""
+    """The `[detection.significance]` section: defaults and range rules of its keys."""
 
     enabled: bool = True
     # Chance incidents per day that the test allows over the whole stream, all categories.
-    max_false_per_day: float = 1.0
+    max_false_per_day: float = bounded(1.0, gt=0)
     # The scales tested: disk radii around the group's centre and trailing windows. Scales
     # beyond a category's own radius or window are not tested.
-    radii_m: tuple[float, ...] = (50.0, 100.0, 250.0)
-    windows_s: tuple[float, ...] = (180.0, 300.0, 600.0, 900.0)
+    radii_m: tuple[float, ...] = bounded((50.0, 100.0, 250.0), gt=0, each=True, nonempty=True)
+    windows_s: tuple[float, ...] = bounded(
+        (180.0, 300.0, 600.0, 900.0), gt=0, each=True, nonempty=True
+    )
     # How far around a group its background is counted (5 x 5 boxes half this wide).
-    neighbourhood_m: float = 1000.0
+    neighbourhood_m: float = bounded(1000.0, gt=0, le=50_000)
     # An open incident whose members over the last `resolve_after_s` are this likely (or more)
     # under the background around it is no longer active: it resolves as quiet.
-    still_active_p: float = 0.01
+    still_active_p: float = bounded(0.01, gt=0, lt=1)
 
     def __post_init__(self) -> None:
-        def fail(name: str, rule: str) -> None:
-            raise ValueError(
-                f"detection.significance.{name} must be {rule}, not {getattr(self, name)!r}"
-            )
-
-        if not self.max_false_per_day > 0:
-            fail("max_false_per_day", "> 0")
-        if not self.radii_m or any(not r > 0 for r in self.radii_m):
-            fail("radii_m", "a non-empty list of radii > 0")
-        if not self.windows_s or any(not w > 0 for w in self.windows_s):
-            fail("windows_s", "a non-empty list of windows > 0")
-        if not self.neighbourhood_m > 0:
-            fail("neighbourhood_m", "> 0")
-        if not 0 < self.still_active_p < 1:
-            fail("still_active_p", "between 0 and 1")
+        check(self, "detection.significance")
 
 
 def poisson_tail(k: int, mu: float) -> float:

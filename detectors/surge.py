@@ -46,6 +46,7 @@ import h3
 from h3.api.basic_int import grid_disk as _grid_disk
 from h3.api.basic_int import latlng_to_cell as _latlng_to_cell
 
+from geoincident.detectors.bounds import bounded, check
 from geoincident.detectors.events import KIND_SURGE, OPENED, RESOLVED, UPDATED, IncidentEvent
 from geoincident.detectors.independence import Independence
 from geoincident.detectors.report import Report
@@ -86,40 +87,25 @@ _Entry = tuple[int, str, str, str | None, str | None]
 
 @dataclass(frozen=True, slots=True)
 class SurgeParams:
-    """The `[surge]` section of the configuration."""
+    """The `[surge]` section of the configuration: defaults and range rules of its keys."""
 
     enabled: bool = True
-    region_resolution: int = 6
-    short_window_s: float = 300.0
-    baseline_half_life_s: float = 6 * 3600.0
-    min_ratio: float = 8.0
-    min_count: int = 30
-    min_independent: int = 10
+    region_resolution: int = bounded(6, ge=0, le=15)  # an H3 resolution
+    short_window_s: float = bounded(300.0, gt=0)
+    baseline_half_life_s: float = bounded(6 * 3600.0, gt=0)
+    min_ratio: float = bounded(8.0, ge=1)
+    min_count: int = bounded(30, ge=1)
+    min_independent: int = bounded(10, ge=1)
     # 3 reports/hour per (district, category, language): below this an estimated rate is
     # indistinguishable from "never", and an empty baseline would make any burst infinite.
-    baseline_floor_per_min: float = 0.05
-    cooldown_s: float = 3600.0
-    resolve_after_s: float = 1800.0
-    update_interval_s: float = 60.0
-    warmup_s: float = 900.0
+    baseline_floor_per_min: float = bounded(0.05, gt=0)
+    cooldown_s: float = bounded(3600.0, ge=0)
+    resolve_after_s: float = bounded(1800.0, ge=0)
+    update_interval_s: float = bounded(60.0, ge=0)
+    warmup_s: float = bounded(900.0, ge=0)
 
     def __post_init__(self) -> None:
-        def fail(name: str, rule: str) -> None:
-            raise ValueError(f"surge.{name} must be {rule}, not {getattr(self, name)!r}")
-
-        if not 0 <= self.region_resolution <= 15:
-            fail("region_resolution", "an H3 resolution 0..15")
-        for name in ("short_window_s", "baseline_half_life_s", "baseline_floor_per_min"):
-            if not getattr(self, name) > 0:
-                fail(name, "> 0")
-        if not self.min_ratio >= 1:
-            fail("min_ratio", ">= 1")
-        for name in ("min_count", "min_independent"):
-            if not getattr(self, name) >= 1:
-                fail(name, ">= 1")
-        for name in ("cooldown_s", "resolve_after_s", "update_interval_s", "warmup_s"):
-            if not getattr(self, name) >= 0:
-                fail(name, ">= 0")
+        check(self, "surge")
         if self.min_count < PROMOTE_AFTER * self.min_ratio:
             # Keys below PROMOTE_AFTER reports per short window are not tracked (see there):
             # that changes no decision only while such a key could never reach min_ratio.

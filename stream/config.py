@@ -7,15 +7,26 @@ An unknown key or a bad value fails at start with a message that names it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from geoincident.detectors.bounds import Bounds, bounds_of
 from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
@@ -63,55 +74,68 @@ class TopicsConfig(_Section):
     replication_factor: int = Field(default=1, ge=1, le=16)
 
 
-class CategoryOverride(_Section):
-    threshold: float | None = Field(default=None, gt=0)
-    window_s: float | None = Field(default=None, gt=0)
-    radius_m: float | None = Field(default=None, gt=0, le=50_000)
+def _config_fields(params: type, *names: str, optional: bool = False) -> dict[str, Any]:
+    """Config keys for fields of a detector parameters dataclass (`names`, or all it takes),
+    with the field's type, default and range rule (`detectors/bounds.py`): each written once,
+    on the dataclass. `optional`: every key defaults to None (unset)."""
+    hints = get_type_hints(params)
+    rules = bounds_of(params)
+    by_name = {f.name: f for f in dataclasses.fields(params) if f.init}
+    keys: dict[str, Any] = {}
+    for name in names or by_name:
+        spec, hint = by_name[name], hints[name]
+        rule, limits = rules.get(name), {}
+        if rule is not None and rule.each:
+            hint = Annotated[hint, AfterValidator(_items_within(rule))]
+        elif rule is not None:
+            limits = rule.limits()  # pydantic's own constraints, its own messages
+        if optional:
+            keys[name] = (hint | None, Field(default=None, **limits))
+        elif spec.default_factory is not dataclasses.MISSING:
+            keys[name] = (hint, Field(default_factory=spec.default_factory, **limits))
+        else:
+            keys[name] = (hint, Field(default=spec.default, **limits))
+    return keys
 
 
-class SignificanceConfig(_Section):
-    enabled: bool = True
-    max_false_per_day: float = Field(default=1.0, gt=0)
-    radii_m: list[float] = Field(default_factory=lambda: [50.0, 100.0, 250.0], min_length=1)
-    windows_s: list[float] = Field(
-        default_factory=lambda: [180.0, 300.0, 600.0, 900.0], min_length=1
-    )
-    neighbourhood_m: float = Field(default=1000.0, gt=0, le=50_000)
-    still_active_p: float = Field(default=0.01, gt=0, lt=1)
-
-    @field_validator("radii_m", "windows_s")
-    @classmethod
-    def _positive(cls, value: list[float]) -> list[float]:
-        if any(not item > 0 for item in value):
-            raise ValueError("every value must be > 0")
+def _items_within(rule: Bounds) -> Callable[[Any], Any]:
+    def validate(value: Any) -> Any:
+        if not rule.admits(value):
+            raise ValueError(f"must be {rule}, not {value!r}")
         return value
 
+    return validate
 
-class DetectionConfig(_Section):
-    resolution: int = Field(default=10, ge=0, le=15)
-    threshold: float = Field(default=5.0, gt=0)
-    window_s: float = Field(default=900.0, gt=0)
-    radius_m: float = Field(default=250.0, gt=0, le=50_000)
-    allowed_lateness_s: float = Field(default=120.0, ge=0)
-    resolve_after_s: float = Field(default=3600.0, gt=0)
-    update_interval_s: float = Field(default=30.0, ge=0)
-    retain_resolved_s: float = Field(default=86_400.0, ge=0)
-    default_accuracy_m: float = Field(default=30.0, gt=0)
-    accuracy_floor_m: float = Field(default=3.0, gt=0)
-    max_report_ids: int = Field(default=200, ge=1)
-    future_tolerance_s: float = Field(default=300.0, ge=0)
-    geofences: str | None = None
-    source_weights: dict[str, float] = Field(default_factory=dict)
-    categories: dict[str, CategoryOverride] = Field(default_factory=dict)
-    significance: SignificanceConfig = SignificanceConfig()
 
-    @field_validator("source_weights")
-    @classmethod
-    def _weights_not_negative(cls, value: dict[str, float]) -> dict[str, float]:
-        for source, weight in value.items():
-            if weight < 0:
-                raise ValueError(f"source_weights.{source} must be >= 0")
-        return value
+# [detection.categories.NAME]: the category keys of [detection], each unset by default.
+CategoryOverride = create_model(
+    "CategoryOverride", __base__=_Section, **_config_fields(CategoryParams, optional=True)
+)
+SignificanceConfig = create_model(
+    "SignificanceConfig", __base__=_Section, **_config_fields(SignificanceParams)
+)
+DetectionConfig = create_model(
+    "DetectionConfig",
+    __base__=_Section,
+    **_config_fields(DetectorParams, "resolution"),
+    **_config_fields(CategoryParams),  # the defaults of every category
+    **_config_fields(
+        DetectorParams,
+        "allowed_lateness_s",
+        "resolve_after_s",
+        "update_interval_s",
+        "retain_resolved_s",
+        "default_accuracy_m",
+        "accuracy_floor_m",
+        "max_report_ids",
+    ),
+    # The worker's, not the detector's: how far past the wall clock a report may be dated.
+    future_tolerance_s=(float, Field(default=300.0, ge=0)),
+    geofences=(str | None, None),  # a GeoJSON file: DetectorParams.geofences
+    **_config_fields(DetectorParams, "source_weights"),
+    categories=(dict[str, CategoryOverride], Field(default_factory=dict)),
+    significance=(SignificanceConfig, SignificanceConfig()),
+)
 
 
 class TaxonomyEntry(_Section):
@@ -126,19 +150,7 @@ def _default_taxonomy() -> dict[str, TaxonomyEntry]:
     }
 
 
-class SurgeConfig(_Section):
-    enabled: bool = True
-    region_resolution: int = Field(default=6, ge=0, le=15)
-    short_window_s: float = Field(default=300.0, gt=0)
-    baseline_half_life_s: float = Field(default=21_600.0, gt=0)
-    min_ratio: float = Field(default=8.0, ge=1)
-    min_count: int = Field(default=30, ge=1)
-    min_independent: int = Field(default=10, ge=1)
-    baseline_floor_per_min: float = Field(default=0.05, gt=0)
-    cooldown_s: float = Field(default=3600.0, ge=0)
-    resolve_after_s: float = Field(default=1800.0, ge=0)
-    update_interval_s: float = Field(default=60.0, ge=0)
-    warmup_s: float = Field(default=900.0, ge=0)
+SurgeConfig = create_model("SurgeConfig", __base__=_Section, **_config_fields(SurgeParams))
 
 
 class WorkerConfig(_Section):
@@ -199,21 +211,16 @@ class Settings(BaseSettings):
         return {name: topics.partitions for name in (*names, topics.actions_dlq)}
 
     def detector_params(self) -> DetectorParams:
+        """The detector's parameters; ConfigError (naming the key) for what the config models
+        cannot check by themselves: category names, geofences, the taxonomy, rules across keys."""
         detection = self.detection
-        defaults = CategoryParams(detection.threshold, detection.window_s, detection.radius_m)
         names = set(self.taxonomy)
-        categories: dict[str, CategoryParams] = {}
-        for name, override in detection.categories.items():
+        for name in detection.categories:
             if name not in names:
                 raise ConfigError(
                     f"detection.categories.{name}: not a category of the taxonomy "
                     f"({', '.join(sorted(names))})"
                 )
-            categories[name] = CategoryParams(
-                override.threshold if override.threshold is not None else defaults.threshold,
-                override.window_s if override.window_s is not None else defaults.window_s,
-                override.radius_m if override.radius_m is not None else defaults.radius_m,
-            )
         geofences = None
         if detection.geofences:
             try:
@@ -229,35 +236,32 @@ class Settings(BaseSettings):
             )
         except ValueError as exc:
             raise ConfigError(f"taxonomy: {exc}") from exc
-        try:
-            surge = SurgeParams(**self.surge.model_dump())
-            significance = SignificanceParams(
-                enabled=detection.significance.enabled,
-                max_false_per_day=detection.significance.max_false_per_day,
-                radii_m=tuple(detection.significance.radii_m),
-                windows_s=tuple(detection.significance.windows_s),
-                neighbourhood_m=detection.significance.neighbourhood_m,
-                still_active_p=detection.significance.still_active_p,
+        try:  # the dataclasses check their rules again, and those across keys
+            defaults = CategoryParams(
+                **{key: getattr(detection, key) for key in CategoryOverride.model_fields}
             )
-        except ValueError as exc:  # rules across keys, checked where the values meet
+            return DetectorParams(
+                resolution=detection.resolution,
+                allowed_lateness_s=detection.allowed_lateness_s,
+                resolve_after_s=detection.resolve_after_s,
+                update_interval_s=detection.update_interval_s,
+                retain_resolved_s=detection.retain_resolved_s,
+                default_accuracy_m=detection.default_accuracy_m,
+                accuracy_floor_m=detection.accuracy_floor_m,
+                max_report_ids=detection.max_report_ids,
+                defaults=defaults,
+                categories={
+                    name: dataclasses.replace(defaults, **override.model_dump(exclude_none=True))
+                    for name, override in detection.categories.items()
+                },
+                source_weights=dict(detection.source_weights),
+                taxonomy=taxonomy,
+                geofences=geofences,
+                surge=SurgeParams(**self.surge.model_dump()),
+                significance=SignificanceParams(**detection.significance.model_dump()),
+            )
+        except ValueError as exc:  # its message names the key
             raise ConfigError(str(exc)) from None
-        return DetectorParams(
-            resolution=detection.resolution,
-            allowed_lateness_s=detection.allowed_lateness_s,
-            resolve_after_s=detection.resolve_after_s,
-            update_interval_s=detection.update_interval_s,
-            retain_resolved_s=detection.retain_resolved_s,
-            default_accuracy_m=detection.default_accuracy_m,
-            accuracy_floor_m=detection.accuracy_floor_m,
-            max_report_ids=detection.max_report_ids,
-            defaults=defaults,
-            categories=categories,
-            source_weights=dict(detection.source_weights),
-            taxonomy=taxonomy,
-            geofences=geofences,
-            surge=surge,
-            significance=significance,
-        )
 
 
 def _describe(error: ValidationError, source: str) -> str:

@@ -1,9 +1,16 @@
+import dataclasses
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from geoincident.stream.config import ConfigError, load_settings
+from geoincident.detectors.bounds import bounds_of
+from geoincident.detectors.params import CategoryParams, DetectorParams
+from geoincident.detectors.significance import SignificanceParams
+from geoincident.detectors.surge import SurgeParams
+from geoincident.stream.config import ConfigError, Settings, load_settings
 
 
 def write(tmp_path, text):
@@ -120,3 +127,209 @@ def test_cli_usage_error_exits_2():
     result = _cli("replay")
     assert result.returncode == 2
     assert "INPUT" in result.stderr
+
+
+# One source for defaults and rules: the detector's dataclasses. The config must agree with them.
+
+
+def _differences(actual, expected, prefix=""):
+    """Fields (nested dataclasses field by field) whose value or type differ."""
+    found = []
+    for spec in dataclasses.fields(expected):
+        got, want = getattr(actual, spec.name), getattr(expected, spec.name)
+        if dataclasses.is_dataclass(want) and dataclasses.is_dataclass(got):
+            found += _differences(got, want, f"{prefix}{spec.name}.")
+        elif got != want or type(got) is not type(want):
+            found.append(f"{prefix}{spec.name}: config {got!r}, detector {want!r}")
+    return found
+
+
+def test_the_config_defaults_are_the_detector_defaults():
+    assert _differences(Settings().detector_params(), DetectorParams()) == []
+    assert _differences(load_settings().detector_params(), DetectorParams()) == []
+    # ... and the comparison sees a nested value that differs
+    changed = load_settings(None, {"surge.min_ratio": 9.0}).detector_params()
+    assert _differences(changed, DetectorParams()) == ["surge.min_ratio: config 9.0, detector 8.0"]
+
+
+def _keys(section):
+    return set(Settings.model_fields[section].annotation.model_fields)
+
+
+def _init_fields(params):
+    return {spec.name for spec in dataclasses.fields(params) if spec.init}
+
+
+def _detection_keys(key):
+    annotation = Settings.model_fields["detection"].annotation.model_fields[key].annotation
+    if key == "categories":  # dict[str, CategoryOverride]
+        annotation = annotation.__args__[1]
+    return set(annotation.model_fields)
+
+
+def test_every_detector_parameter_is_a_config_key():
+    detection = _keys("detection")
+    significance = _detection_keys("significance")
+    categories = _detection_keys("categories")
+    assert _keys("surge") == _init_fields(SurgeParams)
+    assert significance == _init_fields(SignificanceParams)
+    assert categories == _init_fields(CategoryParams)
+    assert categories <= detection  # the defaults of every category
+    # set in code rather than by a [detection] key of their name:
+    assert _init_fields(DetectorParams) - detection == {"defaults", "taxonomy", "surge"}
+
+
+def _changed(value):
+    """A valid value other than the default."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2
+    if isinstance(value, tuple):
+        return tuple(item / 2 for item in value)
+    return {"staff": 2.0}  # source_weights
+
+
+def _config_keys_of_params():
+    """(config key, default parameters, where the loaded value lands) for every parameter."""
+    not_keys = {"categories", "significance", "geofences", "defaults", "taxonomy", "surge"}
+    for name in _init_fields(SurgeParams):
+        yield f"surge.{name}", SurgeParams(), lambda p, n=name: getattr(p.surge, n)
+    for name in _init_fields(SignificanceParams):
+        yield (
+            f"detection.significance.{name}",
+            SignificanceParams(),
+            (lambda p, n=name: getattr(p.significance, n)),
+        )
+    for name in _init_fields(CategoryParams):
+        yield f"detection.{name}", CategoryParams(), lambda p, n=name: getattr(p.defaults, n)
+    for name in _init_fields(DetectorParams) - not_keys:
+        yield f"detection.{name}", DetectorParams(), lambda p, n=name: getattr(p, n)
+
+
+def test_every_config_key_reaches_the_detector():
+    cases = list(_config_keys_of_params())
+    overrides = {}
+    for key, defaults, _ in cases:
+        overrides[key] = _changed(getattr(defaults, key.rpartition(".")[2]))
+    params = load_settings(None, overrides).detector_params()
+    arrived = {key: read(params) for key, _, read in cases}
+    assert arrived == overrides
+
+
+# Every key with a range rule, with values out of range (each bound), as the TOML file has them.
+BAD_VALUES = [
+    ("detection.resolution", -1),
+    ("detection.resolution", 16),
+    ("detection.threshold", 0),
+    ("detection.window_s", 0),
+    ("detection.radius_m", 0),
+    ("detection.radius_m", 50_001),
+    ("detection.allowed_lateness_s", -1),
+    ("detection.resolve_after_s", 0),
+    ("detection.update_interval_s", -1),
+    ("detection.retain_resolved_s", -1),
+    ("detection.default_accuracy_m", 0),
+    ("detection.accuracy_floor_m", 0),
+    ("detection.max_report_ids", 0),
+    ("detection.source_weights", {"staff": -1}),
+    ("detection.significance.max_false_per_day", 0),
+    ("detection.significance.radii_m", []),
+    ("detection.significance.radii_m", [50, -1]),
+    ("detection.significance.windows_s", []),
+    ("detection.significance.windows_s", [0]),
+    ("detection.significance.neighbourhood_m", 0),
+    ("detection.significance.neighbourhood_m", 50_001),
+    ("detection.significance.still_active_p", 0),
+    ("detection.significance.still_active_p", 1),
+    ("surge.region_resolution", -1),
+    ("surge.region_resolution", 16),
+    ("surge.short_window_s", 0),
+    ("surge.baseline_half_life_s", 0),
+    ("surge.min_ratio", 0.5),
+    ("surge.min_count", 0),
+    ("surge.min_independent", 0),
+    ("surge.baseline_floor_per_min", 0),
+    ("surge.cooldown_s", -1),
+    ("surge.resolve_after_s", -1),
+    ("surge.update_interval_s", -1),
+    ("surge.warmup_s", -1),
+]
+# Checked by the dataclass of the detector, in the same form
+PARAMS_OF_SECTION = {
+    "surge": (SurgeParams,),
+    "detection.significance": (SignificanceParams,),
+    "detection": (CategoryParams, DetectorParams),
+}
+
+
+def _toml(key, value):
+    section, _, name = key.rpartition(".")
+    if isinstance(value, dict):
+        value = "{ " + ", ".join(f"{k} = {v}" for k, v in value.items()) + " }"
+    else:
+        value = json.dumps(value)
+    return f"[{section}]\n{name} = {value}\n"
+
+
+def test_every_rule_of_the_detector_has_a_bad_value_case():
+    ruled = {
+        f"{section}.{name}"
+        for section, classes in PARAMS_OF_SECTION.items()
+        for params in classes
+        for name in bounds_of(params)
+    }
+    assert ruled == {key for key, _ in BAD_VALUES}
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES)
+def test_a_value_out_of_range_is_refused_at_load_naming_the_key(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + r"\b"):
+        load_settings(write(tmp_path, _toml(key, value)))
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_VALUES)
+def test_the_detector_refuses_the_same_values_naming_the_key(key, value):
+    section, _, name = key.rpartition(".")
+    (params,) = [p for p in PARAMS_OF_SECTION[section] if name in _init_fields(p)]
+    if isinstance(value, list):
+        value = tuple(value)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.") + " must be"):
+        params(**{name: value})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("threshold", 0), ("window_s", -5), ("radius_m", 50_001)],
+)
+def test_a_category_override_out_of_range_is_refused_naming_the_key(tmp_path, key, value):
+    text = f"[detection.categories.pothole]\n{key} = {value}\n"
+    with pytest.raises(ConfigError, match=rf"detection\.categories\.pothole\.{key}\b"):
+        load_settings(write(tmp_path, text))
+
+
+def test_the_future_tolerance_is_not_negative(tmp_path):
+    with pytest.raises(ConfigError, match=r"detection\.future_tolerance_s\b"):
+        load_settings(write(tmp_path, "[detection]\nfuture_tolerance_s = -1\n"))
+
+
+def test_cli_exits_2_naming_the_key_of_a_rule_the_detector_checks():
+    env = {**os.environ, "GEOINCIDENT_SURGE__MIN_COUNT": "20"}
+    result = _cli("config", "show", env=env)
+    assert result.returncode == 2
+    assert "surge.min_count must be at least 3 x surge.min_ratio" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_detector_parameters_import_without_pydantic():
+    code = (
+        "import sys\n"
+        "sys.modules['pydantic'] = sys.modules['pydantic_settings'] = None\n"
+        "import geoincident.detectors.params\n"
+        "from geoincident.detectors.params import DetectorParams\n"
+        "DetectorParams()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
