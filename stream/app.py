@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pickle
 import threading
 import time
-import zlib
 from typing import Any
 
 import faust
@@ -20,9 +18,10 @@ from faust.types import TP
 from geoincident import __version__
 from geoincident.stream.batching import BATCH_CODEC
 from geoincident.stream.batching import install as install_batching
+from geoincident.stream.checkpoint import CheckpointError, decode, encode
 from geoincident.stream.config import Settings
 from geoincident.stream.metrics import WorkerMetrics
-from geoincident.stream.runtime import Outputs, WorkerCore
+from geoincident.stream.runtime import CHECKPOINT_VERSION, Outputs, WorkerCore
 
 log = logging.getLogger("geoincident.worker")
 
@@ -140,13 +139,17 @@ class Worker:
         self.actions_dlq_topic = app.topic(topics.actions_dlq, **raw)
         # The durable state: one compressed checkpoint, keyed so it always lands in the same
         # changelog partition (use_partitioner), which also lets timers write it.
-        self.state = app.Table(
-            "state",
-            default=None,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=1,
-            use_partitioner=True,
+        self.state = app.tables.add(
+            _StateTable(
+                app,
+                name="state",
+                default=None,
+                beacon=app.tables.beacon,
+                key_type=bytes,
+                value_type=bytes,
+                partitions=1,
+                use_partitioner=True,
+            )
         )
 
         @app.agent(self.reports_topic, concurrency=1)
@@ -422,7 +425,7 @@ class Worker:
             return  # nothing happened since the last one
         self._checkpointed = marker
         self._last_checkpoint = time.monotonic()
-        blob = zlib.compress(pickle.dumps(self.core.checkpoint(), protocol=5), 1)
+        blob = encode(self.core.checkpoint())
         self.state[CHECKPOINT_KEY] = blob
         log.info(logfmt("checkpoint", seq=self.core.checkpoint_seq, bytes=len(blob)))
 
@@ -434,7 +437,7 @@ class Worker:
                 return
             blob = self.state.get(CHECKPOINT_KEY)
             if blob:
-                checkpoint = pickle.loads(zlib.decompress(blob))
+                checkpoint = self._decoded(blob)
                 self.core.restore(checkpoint, now_ms())
                 read = 0
                 topics = self.settings.topics
@@ -462,6 +465,34 @@ class Worker:
                 log.info(logfmt("fresh_start"))
             self._restored = True
             self.ready = not self.shared_group
+
+    def _decoded(self, blob: bytes) -> dict:
+        """The stored checkpoint, or the process ends naming the changelog record that is not
+        one: its bytes are never run (no pickle) and never half-used."""
+        try:
+            checkpoint = decode(blob)
+            if checkpoint.get("version") != CHECKPOINT_VERSION:
+                raise CheckpointError(
+                    f"state version {checkpoint.get('version')} is not supported (this build "
+                    f"reads {CHECKPOINT_VERSION})"
+                )
+            return checkpoint
+        except CheckpointError as error:
+            topic, partition, offset = self.state.position_of(CHECKPOINT_KEY)
+            log.critical(
+                logfmt(
+                    "checkpoint_refused",
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    error=str(error),
+                    detail="the changelog record is not a checkpoint this build can read; "
+                    "nothing was processed. Delete the record (or the topic) to start from the "
+                    "input's committed offsets, or run the build that wrote it",
+                )
+            )
+            logging.shutdown()
+            os._exit(EXIT_BAD_CHECKPOINT)
 
     async def committed_offsets(self, topic: str, partitions: Any | None = None) -> dict[int, int]:
         """The group's committed offsets of a topic's partitions (all of them when None), by
@@ -559,6 +590,31 @@ class Worker:
                     )
         finally:
             await consumer.stop()
+
+
+EXIT_BAD_CHECKPOINT = 3
+
+
+class _StateTable(faust.Table):
+    """The checkpoint table; it remembers where in the changelog each key's value was read
+    from, so a value that is not a checkpoint is refused naming its partition and offset."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._positions: dict[Any, tuple[str, int, int]] = {}
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        batch = list(batch)
+        for event in batch:
+            message = event.message
+            self._positions[message.key] = (message.topic, message.partition, message.offset)
+        super().apply_changelog_batch(batch)
+
+    def position_of(self, key: Any) -> tuple[str, int | str, int | str]:
+        found = self._positions.get(key)
+        if found is None:  # recovered from the local store, not read from the changelog
+            return self.changelog_topic.get_topic_name(), "unknown", "unknown"
+        return found
 
 
 class ShortRead(RuntimeError):

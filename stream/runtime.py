@@ -48,7 +48,9 @@ _TOO_LATE = Rejection(TOO_LATE, "older than the watermark minus the window")
 MARK_SPAN_MS = 1000
 _NO_PARTITION = 2**62  # no partition counts for the watermark (yet)
 _EVERY = -(2**31)  # `_lowest_other`: no partition is left out
-CHECKPOINT_VERSION = 3  # 3: free reports and significance; a surge spans several regions
+# What the state means (stream/checkpoint.py versions its bytes): 3, free reports and
+# significance, a surge spans several regions; 4, the actions topic's offsets.
+CHECKPOINT_VERSION = 4
 
 
 @dataclass(slots=True)

@@ -10,12 +10,11 @@ rest (Worker, WorkerCore, Detector, the checkpoint) is the real code.
 from __future__ import annotations
 
 import asyncio
-import pickle
-import zlib
 
 import orjson
 
 from geoincident.stream.app import CHECKPOINT_KEY, Worker
+from geoincident.stream.checkpoint import decode
 from geoincident.stream.config import load_settings
 
 
@@ -67,7 +66,7 @@ def test_a_checkpoint_waits_for_the_step_whose_outputs_are_in_flight(tmp_path):
             happened.append("checkpoint written")
         release.set()
         await asyncio.gather(batch, tick)
-        checkpoint = pickle.loads(zlib.decompress(worker.state[CHECKPOINT_KEY]))
+        checkpoint = decode(worker.state[CHECKPOINT_KEY])
         assert checkpoint["partitions"][0]["next_offset"] == 6
         return happened
 

@@ -1,0 +1,656 @@
+"""The worker's checkpoint on the wire: typed, versioned msgpack instead of pickle.
+
+`WorkerCore.checkpoint()` returns a dict holding live objects (incidents, surges, union-finds).
+`encode` turns it into bytes, `decode` turns bytes back into a dict of the same shape with
+fresh live objects, ready for `WorkerCore.restore` (and through it `Detector.restore` and
+`SurgeDetector.restore`), which need no change.
+
+Layout of a blob:
+
+    b"GICP"  format version (1 byte)  zlib(msgpack(Checkpoint))
+
+Why not pickle: unpickling runs whatever code the bytes name, so anyone who can write the
+changelog topic could run code in the worker, and a renamed class breaks every checkpoint.
+Here the bytes are data only: msgspec decodes them into the Structs below (unknown fields
+refused, every type checked) and this module alone builds the live objects from them.
+Anything else (a pickle, noise, a truncated or corrupt blob, another format version, a field
+of the wrong type) raises `CheckpointError` with a message saying what is wrong.
+
+Two versions, two meanings:
+
+- FORMAT_VERSION (here) is the layout of the bytes, i.e. the Structs of this module. Bump it
+  whenever a Struct changes (a field added, removed, renamed or retyped). A build reads only
+  its own version: after a bump, a restart refuses the old checkpoint loudly ("format version
+  1 is not supported (this build reads 2)") instead of misreading it; the operator then
+  replays from the input (or deletes the changelog record) knowingly.
+- `checkpoint["version"]` (stream/runtime.py CHECKPOINT_VERSION) is what the state means; it
+  is carried through untouched and checked by `WorkerCore.restore`.
+
+`encode` refuses a dict with a key this schema does not know, and an Incident or _Surge with
+a slot it does not mirror: new state must get a place here (and a version bump), never be
+dropped silently.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import msgspec
+
+from geoincident.detectors.independence import Independence
+from geoincident.detectors.lifecycle import Incident, MemberRecord
+from geoincident.detectors.surge import _Surge
+from geoincident.geo.distance import WeightedCentroid
+
+MAGIC = b"GICP"
+FORMAT_VERSION = 1
+_HEADER = MAGIC + bytes([FORMAT_VERSION])
+# zlib level 1, as before: a checkpoint is written about once a second, speed beats ratio.
+_ZLIB_LEVEL = 1
+# A blob may come from anyone who can write the changelog: bound what it may inflate to.
+MAX_DECODED_BYTES = 1 << 30
+
+Key = tuple[int, str, str]  # a surge key: (H3 region as an integer, category, lang)
+
+
+class CheckpointError(ValueError):
+    """Bytes that are not a checkpoint this build can read (or a dict it cannot write)."""
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+# gc=False: these Structs hold plain data and never a cycle; left untracked, the collector
+# does not walk the hundreds of thousands of them a large checkpoint makes.
+class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    pass
+
+
+class Centroid(_Base, array_like=True):
+    """geo.distance.WeightedCentroid: the running sum of unit vectors."""
+
+    x: float
+    y: float
+    z: float
+    weight: float
+
+
+class IndependenceState(_Base):
+    """detectors.independence.Independence: the union-find, in insertion order."""
+
+    parent: dict[str, str]
+    weight: dict[str, float]
+    score: float
+    groups: int
+
+
+class Member(_Base, array_like=True):
+    """lifecycle.MemberRecord; up to 200 per incident, so stored as a bare array."""
+
+    report_id: str
+    reporter: str
+    device: str | None
+    weight: float
+
+
+class HistoryEntry(_Base, omit_defaults=True):
+    """One dispatcher action in an incident's history (`Action.to_dict()`: empty values
+    left out)."""
+
+    action: str
+    incident_id: str | None = None
+    by: str | None = None
+    at: str | None = None
+    note: str | None = None
+    to: str | None = None
+    report_id: str | None = None
+    reporter: str | None = None
+    device: str | None = None
+
+
+class IncidentState(_Base):
+    """lifecycle.Incident, every slot."""
+
+    incident_id: str
+    category: str
+    kind: str
+    threshold: float
+    resolution: int
+    status: str
+    version: int
+    first_ts_ms: int
+    validated_ts_ms: int
+    last_ts_ms: int
+    centroid: Centroid
+    cells: list[str]  # a set in the Incident; sorted here so equal states give equal bytes
+    points: list[tuple[float, float]]
+    report_count: int
+    report_ids: list[str]
+    report_ids_truncated: bool
+    sources: dict[str, int]
+    independence: IndependenceState
+    members: list[Member]  # the dict's values in order; its keys are their report ids
+    members_complete: bool
+    jurisdiction: str | None
+    last_emit_ts_ms: int
+    update_due: bool
+    resolved_reason: str | None
+    resolved_ts_ms: int | None
+    acknowledged_by: str | None
+    acknowledged_at: str | None
+    assigned_to: str | None
+    superseded_by: str | None
+    history: list[HistoryEntry]
+    max_report_ids: int
+    seniority: tuple[int, str]
+    surge_id: str | None
+    anchor: tuple[float, float] | None
+    recent_ts: list[int]
+
+
+class SurgeState(_Base):
+    """surge._Surge, every slot: one open surge (it may span several keys)."""
+
+    incident_id: str
+    validated_ms: int
+    first_ms: int
+    last_ms: int
+    version: int
+    report_count: int
+    report_ids: list[str]
+    report_ids_truncated: bool
+    sources: dict[str, int]
+    independence: IndependenceState
+    tracked: int
+    last_emit_ms: int
+    groups_at_emit: int
+    update_due: bool
+    calm_since_ms: int | None
+    peak_ratio: float
+    status: str
+    resolved_reason: str | None
+    lat: float
+    lon: float
+    h3_cell: str
+    radius_m: float
+    keys: list[Key]
+
+
+class KeyState(_Base, array_like=True):
+    """One (region, category, lang) of the surge detector: its baseline, surge and cooldown.
+    Thousands of them in a busy city, so a bare array."""
+
+    ident: Key
+    ewma: float
+    ewma_bucket: int
+    since_ms: int
+    # index into SurgeDetectorState.surges: the keys of a multi-region surge share one object
+    surge: int | None
+    cooldown_until_ms: int | None
+
+
+class SurgeDetectorState(_Base):
+    """What `SurgeDetector.snapshot()` returns."""
+
+    keys: list[KeyState]
+    surges: list[SurgeState]
+    open: dict[str, Key]  # open surge id -> the key that opened it
+    timers: list[tuple[int, int, int, Key | None, str | None]]  # (due, seq, kind, key, surge id)
+    seq: int
+    clock_ms: int | None
+    origin_bucket: int | None
+    sweep_scheduled: bool
+
+
+class DetectorState(_Base):
+    """What `Detector.snapshot()` returns."""
+
+    incidents: list[IncidentState]  # the dict's values in order; keyed by incident_id
+    timers: list[tuple[int, int, int, str]]  # (due, seq, kind, incident id)
+    max_ts_ms: int | None
+    watermark_ms: int | None
+    clock_ms: int | None
+    counts: dict[str, int]
+    blocked_reporters: dict[str, int | None]
+    blocked_devices: dict[str, int | None]
+    seq: int
+    first_ms: int | None
+    chance_groups: int
+    surge: SurgeDetectorState
+
+
+class PartitionState(_Base):
+    next_offset: int
+    rebuild_offset: int
+    max_ts_ms: int | None
+    marks: list[tuple[int, int]]  # (first offset of a batch, max event time after it)
+
+
+class Checkpoint(_Base, tag="geoincident.checkpoint"):
+    """What `WorkerCore.checkpoint()` returns."""
+
+    version: int  # the runtime's CHECKPOINT_VERSION, checked by WorkerCore.restore
+    seq: int
+    detector: DetectorState
+    totals: dict[str, int]
+    partitions: dict[int, PartitionState]
+    # actions-topic partition -> next offset to apply; absent from older dicts
+    actions: dict[int, int] = {}
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Checkpoint)
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def encode(checkpoint: dict) -> bytes:
+    """A `WorkerCore.checkpoint()` dict as bytes: magic, format version, zlib(msgpack).
+
+    Keys and slots are checked here; value types only when the bytes are decoded (checking
+    them on every write would cost a decode a second), so the round-trip tests guard them."""
+    try:
+        state = _checkpoint_state(checkpoint)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise CheckpointError(f"cannot encode the checkpoint: {exc!r}") from exc
+    body = _encoder.encode(state)
+    return _HEADER + zlib.compress(body, _ZLIB_LEVEL)
+
+
+def _fields(
+    where: str, given: dict, names: frozenset[str], optional: frozenset[str] = frozenset()
+) -> None:
+    """The dict must hold exactly these keys (the optional ones may be absent)."""
+    extra = given.keys() - names
+    if extra:
+        raise CheckpointError(
+            f"cannot encode the checkpoint: {where} has {sorted(extra)}, which the schema in "
+            "stream/checkpoint.py does not hold; add it there and bump FORMAT_VERSION"
+        )
+    missing = names - optional - given.keys()
+    if missing:
+        raise CheckpointError(f"cannot encode the checkpoint: {where} lacks {sorted(missing)}")
+
+
+def _names(struct: type[msgspec.Struct], *less: str) -> frozenset[str]:
+    return frozenset(struct.__struct_fields__) - set(less)
+
+
+def _checkpoint_state(checkpoint: dict) -> Checkpoint:
+    _fields("the checkpoint", checkpoint, _names(Checkpoint), frozenset({"actions"}))
+    partitions = {}
+    for number, saved in checkpoint["partitions"].items():
+        _fields(f"partition {number}", saved, _names(PartitionState))
+        partitions[number] = PartitionState(
+            saved["next_offset"],
+            saved["rebuild_offset"],
+            saved["max_ts_ms"],
+            list(saved["marks"]),
+        )
+    return Checkpoint(
+        version=checkpoint["version"],
+        seq=checkpoint["seq"],
+        detector=_detector_state(checkpoint["detector"]),
+        totals=dict(checkpoint["totals"]),
+        partitions=partitions,
+        actions=dict(checkpoint.get("actions") or {}),
+    )
+
+
+def _detector_state(snapshot: dict) -> DetectorState:
+    _fields("the detector snapshot", snapshot, _names(DetectorState))
+    _same_slots(Incident, IncidentState)
+    incidents = []
+    for incident_id, incident in snapshot["incidents"].items():
+        if incident.incident_id != incident_id:
+            raise CheckpointError(f"incident {incident.incident_id} is filed as {incident_id}")
+        incidents.append(_incident_state(incident))
+    return DetectorState(
+        incidents=incidents,
+        timers=snapshot["timers"],
+        max_ts_ms=snapshot["max_ts_ms"],
+        watermark_ms=snapshot["watermark_ms"],
+        clock_ms=snapshot["clock_ms"],
+        counts=snapshot["counts"],
+        blocked_reporters=snapshot["blocked_reporters"],
+        blocked_devices=snapshot["blocked_devices"],
+        seq=snapshot["seq"],
+        first_ms=snapshot["first_ms"],
+        chance_groups=snapshot["chance_groups"],
+        surge=_surge_detector_state(snapshot["surge"]),
+    )
+
+
+def _incident_state(incident: Incident) -> IncidentState:
+    members = []
+    for report_id, record in incident.members.items():
+        if record.report_id != report_id:  # the dict is rebuilt from the records' ids
+            raise CheckpointError(
+                f"{incident.incident_id}: member {record.report_id} filed as {report_id}"
+            )
+        members.append(Member(record.report_id, record.reporter, record.device, record.weight))
+    return IncidentState(
+        incident_id=incident.incident_id,
+        category=incident.category,
+        kind=incident.kind,
+        threshold=incident.threshold,
+        resolution=incident.resolution,
+        status=incident.status,
+        version=incident.version,
+        first_ts_ms=incident.first_ts_ms,
+        validated_ts_ms=incident.validated_ts_ms,
+        last_ts_ms=incident.last_ts_ms,
+        centroid=Centroid(*incident.centroid.__getstate__()),
+        cells=sorted(incident.cells),
+        points=incident.points,
+        report_count=incident.report_count,
+        report_ids=incident.report_ids,
+        report_ids_truncated=incident.report_ids_truncated,
+        sources=incident.sources,
+        independence=_independence_state(incident.independence),
+        members=members,
+        members_complete=incident.members_complete,
+        jurisdiction=incident.jurisdiction,
+        last_emit_ts_ms=incident.last_emit_ts_ms,
+        update_due=incident.update_due,
+        resolved_reason=incident.resolved_reason,
+        resolved_ts_ms=incident.resolved_ts_ms,
+        acknowledged_by=incident.acknowledged_by,
+        acknowledged_at=incident.acknowledged_at,
+        assigned_to=incident.assigned_to,
+        superseded_by=incident.superseded_by,
+        history=[HistoryEntry(**entry) for entry in incident.history],
+        max_report_ids=incident.max_report_ids,
+        seniority=incident.seniority,
+        surge_id=incident.surge_id,
+        anchor=incident.anchor,
+        recent_ts=incident.recent_ts,
+    )
+
+
+def _independence_state(independence: Independence) -> IndependenceState:
+    parent, weight, score, groups = independence.__getstate__()
+    return IndependenceState(parent, weight, score, groups)
+
+
+def _surge_detector_state(snapshot: dict) -> SurgeDetectorState:
+    # `surges` is not a key of the dict: the surge objects sit inside `keys`
+    _fields("the surge snapshot", snapshot, _names(SurgeDetectorState, "surges"))
+    _same_slots(_Surge, SurgeState)
+    # A multi-region surge is one object under several keys: stored once, referred to by
+    # position, so the restored keys share one object again (as pickle's memo did).
+    surges: list[SurgeState] = []
+    position: dict[int, int] = {}
+    keys = []
+    for ident, (ewma, ewma_bucket, since_ms, surge, cooldown_until_ms) in snapshot["keys"].items():
+        index = None
+        if surge is not None:
+            index = position.get(id(surge))
+            if index is None:
+                index = position[id(surge)] = len(surges)
+                surges.append(_surge_state(surge))
+        keys.append(KeyState(ident, ewma, ewma_bucket, since_ms, index, cooldown_until_ms))
+    return SurgeDetectorState(
+        keys=keys,
+        surges=surges,
+        open=snapshot["open"],
+        timers=snapshot["timers"],
+        seq=snapshot["seq"],
+        clock_ms=snapshot["clock_ms"],
+        origin_bucket=snapshot["origin_bucket"],
+        sweep_scheduled=snapshot["sweep_scheduled"],
+    )
+
+
+def _surge_state(surge: _Surge) -> SurgeState:
+    return SurgeState(
+        incident_id=surge.incident_id,
+        validated_ms=surge.validated_ms,
+        first_ms=surge.first_ms,
+        last_ms=surge.last_ms,
+        version=surge.version,
+        report_count=surge.report_count,
+        report_ids=surge.report_ids,
+        report_ids_truncated=surge.report_ids_truncated,
+        sources=surge.sources,
+        independence=_independence_state(surge.independence),
+        tracked=surge.tracked,
+        last_emit_ms=surge.last_emit_ms,
+        groups_at_emit=surge.groups_at_emit,
+        update_due=surge.update_due,
+        calm_since_ms=surge.calm_since_ms,
+        peak_ratio=surge.peak_ratio,
+        status=surge.status,
+        resolved_reason=surge.resolved_reason,
+        lat=surge.lat,
+        lon=surge.lon,
+        h3_cell=surge.h3_cell,
+        radius_m=surge.radius_m,
+        keys=surge.keys,
+    )
+
+
+def _same_slots(cls: type, struct: type[msgspec.Struct]) -> None:
+    """A slot added to (or renamed in) the live class must get a field here, not vanish."""
+    slots = set(cls.__slots__)
+    fields = set(struct.__struct_fields__)
+    if slots != fields:
+        raise CheckpointError(
+            f"cannot encode the checkpoint: {cls.__name__} has slots {sorted(slots - fields)} "
+            f"the schema lacks and the schema has {sorted(fields - slots)} it lacks; update "
+            "stream/checkpoint.py and bump FORMAT_VERSION"
+        )
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def decode(blob: bytes | bytearray | memoryview) -> dict:
+    """The dict `encode` was given, with fresh live objects; CheckpointError if `blob` is not
+    a checkpoint this build reads. Never runs code from the blob."""
+    data = bytes(blob)
+    if not data:
+        raise CheckpointError("not a geoincident checkpoint: it is empty (0 bytes)")
+    if not data.startswith(MAGIC):
+        raise CheckpointError(
+            f"not a geoincident checkpoint (starts with {data[:4]!r}{_guess(data)})"
+        )
+    if len(data) == len(MAGIC):
+        raise CheckpointError("checkpoint is truncated: it ends after its magic bytes")
+    version = data[len(MAGIC)]
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint format version {version} is not supported "
+            f"(this build reads {FORMAT_VERSION})"
+        )
+    body = _inflate(data[len(_HEADER) :])
+    try:
+        state = _decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise CheckpointError(f"checkpoint does not match its schema: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise CheckpointError(f"checkpoint body is not valid msgpack: {exc}") from None
+    return _checkpoint_dict(state)
+
+
+def _guess(data: bytes) -> str:
+    """A hint at what the bytes are instead, for the two usual suspects."""
+    if data[:1] == b"\x80":
+        return ": a pickle?"
+    if len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
+        return ": zlib data, perhaps a pickled checkpoint from before this codec?"
+    return ""
+
+
+def _inflate(compressed: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        body = inflater.decompress(compressed, MAX_DECODED_BYTES)
+    except zlib.error as exc:
+        raise CheckpointError(f"checkpoint body is not valid zlib data: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise CheckpointError(f"checkpoint inflates to more than {MAX_DECODED_BYTES} bytes")
+    if not inflater.eof:
+        raise CheckpointError("checkpoint is truncated: its compressed body ends early")
+    if inflater.unused_data:
+        raise CheckpointError(
+            f"checkpoint has {len(inflater.unused_data)} stray bytes after its body"
+        )
+    return body
+
+
+# The containers msgspec decodes are fresh objects no one else holds: they go into the live
+# objects as they are, uncopied.
+
+
+def _checkpoint_dict(state: Checkpoint) -> dict:
+    return {
+        "version": state.version,
+        "seq": state.seq,
+        "detector": _detector_dict(state.detector),
+        "totals": state.totals,
+        "partitions": {
+            number: {
+                "next_offset": saved.next_offset,
+                "rebuild_offset": saved.rebuild_offset,
+                "max_ts_ms": saved.max_ts_ms,
+                "marks": saved.marks,
+            }
+            for number, saved in state.partitions.items()
+        },
+        "actions": state.actions,  # always there: empty when the writer had none
+    }
+
+
+def _detector_dict(state: DetectorState) -> dict:
+    incidents = {}
+    for saved in state.incidents:
+        if saved.incident_id in incidents:
+            raise CheckpointError(f"checkpoint holds incident {saved.incident_id} twice")
+        incidents[saved.incident_id] = _incident(saved)
+    return {
+        "incidents": incidents,
+        "timers": state.timers,
+        "max_ts_ms": state.max_ts_ms,
+        "watermark_ms": state.watermark_ms,
+        "clock_ms": state.clock_ms,
+        "counts": state.counts,
+        "blocked_reporters": state.blocked_reporters,
+        "blocked_devices": state.blocked_devices,
+        "seq": state.seq,
+        "first_ms": state.first_ms,
+        "chance_groups": state.chance_groups,
+        "surge": _surge_detector_dict(state.surge),
+    }
+
+
+def _incident(saved: IncidentState) -> Incident:
+    # No __init__: every slot is set from the saved state below.
+    incident = Incident.__new__(Incident)
+    centroid = WeightedCentroid.__new__(WeightedCentroid)
+    c = saved.centroid
+    centroid.__setstate__((c.x, c.y, c.z, c.weight))
+    incident.__setstate__(
+        {
+            "incident_id": saved.incident_id,
+            "category": saved.category,
+            "kind": saved.kind,
+            "threshold": saved.threshold,
+            "resolution": saved.resolution,
+            "status": saved.status,
+            "version": saved.version,
+            "first_ts_ms": saved.first_ts_ms,
+            "validated_ts_ms": saved.validated_ts_ms,
+            "last_ts_ms": saved.last_ts_ms,
+            "centroid": centroid,
+            "cells": set(saved.cells),
+            "points": saved.points,
+            "report_count": saved.report_count,
+            "report_ids": saved.report_ids,
+            "report_ids_truncated": saved.report_ids_truncated,
+            "sources": saved.sources,
+            "independence": _independence(saved.independence),
+            "members": {
+                m.report_id: MemberRecord(m.report_id, m.reporter, m.device, m.weight)
+                for m in saved.members
+            },
+            "members_complete": saved.members_complete,
+            "jurisdiction": saved.jurisdiction,
+            "last_emit_ts_ms": saved.last_emit_ts_ms,
+            "update_due": saved.update_due,
+            "resolved_reason": saved.resolved_reason,
+            "resolved_ts_ms": saved.resolved_ts_ms,
+            "acknowledged_by": saved.acknowledged_by,
+            "acknowledged_at": saved.acknowledged_at,
+            "assigned_to": saved.assigned_to,
+            "superseded_by": saved.superseded_by,
+            "history": [_history_dict(entry) for entry in saved.history],
+            "max_report_ids": saved.max_report_ids,
+            "seniority": saved.seniority,
+            "surge_id": saved.surge_id,
+            "anchor": saved.anchor,
+            "recent_ts": saved.recent_ts,
+        }
+    )
+    return incident
+
+
+def _history_dict(entry: HistoryEntry) -> dict[str, str]:
+    # Action.to_dict() leaves out None and "": so does its inverse, in field order
+    return {
+        name: value
+        for name in entry.__struct_fields__
+        if (value := getattr(entry, name)) is not None and value != ""
+    }
+
+
+def _independence(saved: IndependenceState) -> Independence:
+    independence = Independence.__new__(Independence)
+    independence.__setstate__((saved.parent, saved.weight, saved.score, saved.groups))
+    return independence
+
+
+def _surge_detector_dict(state: SurgeDetectorState) -> dict:
+    surges = [_surge(saved) for saved in state.surges]
+    keys: dict[Key, tuple] = {}
+    for key in state.keys:
+        surge = None
+        if key.surge is not None:
+            if not 0 <= key.surge < len(surges):
+                raise CheckpointError(
+                    f"checkpoint does not match its schema: surge key {key.ident} refers to "
+                    f"surge {key.surge} of {len(surges)}"
+                )
+            surge = surges[key.surge]
+        keys[key.ident] = (key.ewma, key.ewma_bucket, key.since_ms, surge, key.cooldown_until_ms)
+    for surge_id, ident in state.open.items():
+        # SurgeDetector.restore follows each open surge to its key's surge object
+        opened = keys.get(ident)
+        if opened is None or opened[3] is None or opened[3].incident_id != surge_id:
+            raise CheckpointError(
+                f"checkpoint does not match its schema: open surge {surge_id} is not on key {ident}"
+            )
+    return {
+        "keys": keys,
+        "open": state.open,
+        "timers": state.timers,
+        "seq": state.seq,
+        "clock_ms": state.clock_ms,
+        "origin_bucket": state.origin_bucket,
+        "sweep_scheduled": state.sweep_scheduled,
+    }
+
+
+def _surge(saved: SurgeState) -> _Surge:
+    # No __init__: every slot is set from the saved state below.
+    surge = _Surge.__new__(_Surge)
+    for name in SurgeState.__struct_fields__:
+        setattr(surge, name, getattr(saved, name))
+    surge.independence = _independence(saved.independence)
+    return surge
+
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "CheckpointError", "decode", "encode"]
