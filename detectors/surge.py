@@ -459,14 +459,22 @@ class SurgeDetector:
         return max(short, baseline, self._floor) / area_km2
 
     def snapshot(self) -> dict:
-        """The durable state: per key its baseline (EWMA), open surge and cooldown; timers and
-        clocks. Short windows, unfolded minute counts and quiet keys' last reports are not in
-        it: they only hold reports of the last short window (plus the minute being folded),
-        which `rebuild` takes again from the input after a restart, so a checkpoint stays
-        small however busy the stream."""
+        """The durable state: per key its baseline (EWMA), the minute counts not folded into it
+        yet (a key folds them only when it is next measured, so they can be older than what a
+        restart reads again), open surge and cooldown; timers and clocks. Short windows and
+        quiet keys' last reports are not in it: they only hold reports of the last short
+        window, which `rebuild` takes again from the input after a restart, so a checkpoint
+        stays small however busy the stream."""
         return {
             "keys": {
-                ident: (key.ewma, key.ewma_bucket, key.since_ms, key.surge, key.cooldown_until_ms)
+                ident: (
+                    key.ewma,
+                    key.ewma_bucket,
+                    key.since_ms,
+                    key.surge,
+                    key.cooldown_until_ms,
+                    [(bucket, count) for bucket, count in key.pending],
+                )
                 for ident, key in self._keys.items()
             },
             "open": self._open,
@@ -481,9 +489,10 @@ class SurgeDetector:
         """Start from a snapshot (a fresh detector with the same params); then `rebuild`."""
         keys = {}
         for ident, saved in snapshot["keys"].items():
-            ewma, ewma_bucket, since_ms, surge, cooldown_until_ms = saved
+            ewma, ewma_bucket, since_ms, surge, cooldown_until_ms, pending = saved
             key = _KeyState(ident, ewma_bucket, since_ms)
             key.ewma = ewma
+            key.pending.extend([bucket, count] for bucket, count in pending)
             key.surge = surge
             key.cooldown_until_ms = cooldown_until_ms
             keys[ident] = key
@@ -506,8 +515,9 @@ class SurgeDetector:
 
     def rebuild(self, reports: Iterable[Report]) -> None:
         """Refill the windows with reports observed before the snapshot, read again from the
-        input in (event time, id) order: they are counted where they belong, nothing is judged
-        or emitted, and minutes already folded into a baseline are not counted twice."""
+        input in (event time, id) order: they go back into the short windows (and quiet keys'
+        holds), nothing is judged or emitted, and no minute is counted twice (a tracked key's
+        minute counts are in the snapshot)."""
         now = self.clock_ms
         if not self.params.enabled or now is None:
             return
@@ -524,10 +534,8 @@ class SurgeDetector:
                 self._hold_or_promote(key_id, entry, sweep=False)
             elif ts_ms <= key.since_ms:
                 continue  # it was left behind when the key was promoted, as before the stop
-            elif ts_ms // BUCKET_MS > key.ewma_bucket:
-                self._count(key, entry)
             elif ts_ms > now - self._window_ms:
-                key.window.append(entry)  # its minute is folded: the window only
+                key.window.append(entry)  # its minute is counted already: the window only
                 key.reporters[entry[2]] = key.reporters.get(entry[2], 0) + 1
 
     # ------------------------------------------------------------------ time

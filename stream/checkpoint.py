@@ -187,6 +187,7 @@ class KeyState(_Base, array_like=True):
     # index into SurgeDetectorState.surges: the keys of a multi-region surge share one object
     surge: int | None
     cooldown_until_ms: int | None
+    pending: list[tuple[int, int]]  # (minute bucket, reports) not folded into the baseline yet
 
 
 class SurgeDetectorState(_Base):
@@ -385,14 +386,15 @@ def _surge_detector_state(snapshot: dict) -> SurgeDetectorState:
     surges: list[SurgeState] = []
     position: dict[int, int] = {}
     keys = []
-    for ident, (ewma, ewma_bucket, since_ms, surge, cooldown_until_ms) in snapshot["keys"].items():
+    for ident, saved in snapshot["keys"].items():
+        ewma, ewma_bucket, since_ms, surge, cooldown_until_ms, pending = saved
         index = None
         if surge is not None:
             index = position.get(id(surge))
             if index is None:
                 index = position[id(surge)] = len(surges)
                 surges.append(_surge_state(surge))
-        keys.append(KeyState(ident, ewma, ewma_bucket, since_ms, index, cooldown_until_ms))
+        keys.append(KeyState(ident, ewma, ewma_bucket, since_ms, index, cooldown_until_ms, pending))
     return SurgeDetectorState(
         keys=keys,
         surges=surges,
@@ -625,7 +627,14 @@ def _surge_detector_dict(state: SurgeDetectorState) -> dict:
                     f"surge {key.surge} of {len(surges)}"
                 )
             surge = surges[key.surge]
-        keys[key.ident] = (key.ewma, key.ewma_bucket, key.since_ms, surge, key.cooldown_until_ms)
+        keys[key.ident] = (
+            key.ewma,
+            key.ewma_bucket,
+            key.since_ms,
+            surge,
+            key.cooldown_until_ms,
+            key.pending,
+        )
     for surge_id, ident in state.open.items():
         # SurgeDetector.restore follows each open surge to its key's surge object
         opened = keys.get(ident)

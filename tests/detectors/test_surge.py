@@ -369,10 +369,43 @@ def test_a_snapshot_holds_no_window_so_it_stays_small():
     assert detector.state_reports > 50
     snapshot = detector.snapshot()
     assert "sparse" not in snapshot
-    assert all(len(saved) == 5 for saved in snapshot["keys"].values())
+    # per key: baseline, its minute, since, surge, cooldown, and (minute, count) pairs
+    for saved in snapshot["keys"].values():
+        assert len(saved) == 6 and all(len(pair) == 2 for pair in saved[5])
     restored = SurgeDetector()
     restored.restore(pickle.loads(pickle.dumps(snapshot)))
     assert restored.state_reports == 0 and restored.state_keys == detector.state_keys
+
+
+def test_minute_counts_a_quiet_key_has_not_folded_survive_a_restart():
+    # A key folds its minute counts into its baseline only when it is measured: at its own
+    # reports, and at the sweep every 10 minutes. Here the district reports until 08:51 and
+    # falls silent while another district moves the clock on; the 08:50 sweep folded up to
+    # 08:44, and the checkpoint at 08:59 holds 08:45-08:50 unfolded, older than what a restart
+    # reads again (the short window plus a minute). They must not be lost.
+    start = clock_start(T0_MS - HOUR_MS)
+    busy = burst(200, T0_MS - HOUR_MS, 51 * MINUTE_MS, "a")
+    other = burst(40, T0_MS - 30 * MINUTE_MS, 29 * MINUTE_MS, "o", region=OTHER_REGION)
+    later = burst(10, T0_MS + MINUTE_MS, 5 * MINUTE_MS, "b")
+    before = sorted([start, *busy, *other], key=lambda r: (r.ts_ms, r.id))
+
+    whole = SurgeDetector()
+    whole.observe_many(before)
+    whole.advance(T0_MS - MINUTE_MS)
+    first = SurgeDetector()
+    first.observe_many(before)
+    first.advance(T0_MS - MINUTE_MS)
+    region = int(REGION, 16)
+    key = next(k for k in first._keys if k[0] == region and k[1] == CATEGORY)
+    assert len(first._keys[key].pending) >= 5, "the scenario must leave minutes unfolded"
+    snapshot = pickle.loads(pickle.dumps(first.snapshot()))
+    restored = SurgeDetector()
+    restored.restore(snapshot)
+    restored.rebuild(before)
+    for detector in (whole, restored):
+        detector.observe_many(later)
+        detector.advance(T0_MS + 10 * MINUTE_MS)
+    assert restored.snapshot()["keys"][key] == whole.snapshot()["keys"][key]
 
 
 def test_a_late_report_inside_the_window_counts_and_an_older_one_is_ignored():
