@@ -27,6 +27,7 @@ system-deps:
 lint: $(STAMP)
 	$(BIN)/ruff check geo detectors stream sim tests benchmarks
 	$(BIN)/ruff format --check geo detectors stream sim tests benchmarks
+	$(BIN)/mypy  # geo/ and detectors/, as [tool.mypy] in pyproject.toml says
 
 ## bench-replay: replay throughput against the naive baseline (writes docs/benchmarks.md)
 bench-replay: $(STAMP)
