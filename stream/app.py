@@ -27,10 +27,12 @@ log = logging.getLogger("geoincident.worker")
 
 CHECKPOINT_KEY = b"checkpoint"
 CHECKPOINT_INTERVAL_S = 1.0
-# A range read again that gets no record for this many 200 ms polls is not taken as complete:
-# ShortRead, and a restart retries. (Before, a range was returned short after 10 s and the batch
-# after it acknowledged past records never processed.)
+# A range read again that gets no record for this many 200 ms polls has stalled; it is retried
+# with a new connection, and after READ_RANGE_ATTEMPTS stalls not taken as complete: ShortRead,
+# the process stops without committing, and a restart reads it again. (Before, a range was
+# returned short after 10 s and the batch after it acknowledged past records never processed.)
 READ_RANGE_IDLE_POLLS = 150
+READ_RANGE_ATTEMPTS = 3
 
 
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
@@ -547,9 +549,44 @@ class Worker:
         self, topic: str, partition: int, start: int, end: int
     ) -> list[tuple[int, bytes, int]]:
         """Records [start, end) of one partition, read with a plain consumer (no group).
-        Counted, not bounded by end offsets: some brokers report those loosely."""
+        Counted, not bounded by end offsets: some brokers report those loosely. A read that
+        stalls is retried with a new connection from where it got to; after
+        READ_RANGE_ATTEMPTS stalls it fails (ShortRead) rather than return a short range."""
+        records: list[tuple[int, bytes, int]] = []
+        position = start
+        for attempt in range(1, READ_RANGE_ATTEMPTS + 1):
+            if await self._read_into(records, topic, partition, position, end):
+                return records
+            position = records[-1][0] + 1 if records else start
+            log.warning(
+                logfmt(
+                    "read_range_stalled",
+                    topic=topic,
+                    partition=partition,
+                    start=start,
+                    end=end,
+                    got_up_to=position,
+                    attempt=f"{attempt} of {READ_RANGE_ATTEMPTS}",
+                )
+            )
+        raise ShortRead(
+            f"partition {partition} of {topic}: offsets [{start}, {end}) were to be read "
+            f"again, got up to {position} and then nothing for {READ_RANGE_IDLE_POLLS * 0.2:.0f} "
+            f"s, {READ_RANGE_ATTEMPTS} attempts. Stopping without committing; a restart reads "
+            "the range again"
+        )
+
+    async def _read_into(
+        self,
+        records: list[tuple[int, bytes, int]],
+        topic: str,
+        partition: int,
+        start: int,
+        end: int,
+    ) -> bool:
+        """Append records [start, end) to `records`; False when the read stalls first."""
         if end <= start:
-            return []
+            return True
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka.brokers,
             enable_auto_commit=False,
@@ -561,19 +598,18 @@ class Worker:
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])
             consumer.seek(tp, start)
-            records: list[tuple[int, bytes, int]] = []
             idle_polls = 0
             while True:
                 batch = await consumer.getmany(tp, timeout_ms=200, max_records=10_000)
                 messages = batch.get(tp, [])
                 for message in messages:
                     if message.offset >= end:
-                        return records
+                        return True
                     records.append((message.offset, message.value, message.timestamp))
                 # Offsets may be missing within a range (transaction markers, compaction): the
                 # range is complete once the position has passed it, not at its last offset.
                 if await consumer.position(tp) >= end:
-                    return records
+                    return True
                 if messages:
                     idle_polls = 0
                     continue
@@ -581,13 +617,7 @@ class Worker:
                 # Not the partition's end offset: some brokers (Tansu) answer ListOffsets with
                 # the last batch's base + 1, which would fail a range that is all there.
                 if idle_polls >= READ_RANGE_IDLE_POLLS:
-                    got = records[-1][0] + 1 if records else start
-                    raise ShortRead(
-                        f"partition {partition} of {tp.topic}: offsets [{start}, {end}) were "
-                        f"to be read again, got up to {got} and then nothing for "
-                        f"{READ_RANGE_IDLE_POLLS * 0.2:.0f} s. Stopping without committing; a "
-                        "restart reads the range again"
-                    )
+                    return False
         finally:
             await consumer.stop()
 

@@ -50,5 +50,22 @@ def test_a_range_that_exists_is_read_in_full(worker):
 
 def test_a_range_past_the_end_of_the_partition_fails_naming_it(worker, monkeypatch):
     monkeypatch.setattr(app, "READ_RANGE_IDLE_POLLS", 10)  # 2 s of silence, not 30
-    with pytest.raises(ShortRead, match=r"partition 0 .*offsets \[0, 6\).*got up to 3"):
+    with pytest.raises(ShortRead, match=r"partition 0 .*offsets \[0, 6\).*got up to 3.*3 attempts"):
         asyncio.run(worker.read_range(worker.settings.topics.reports, 0, 0, 6))
+
+
+def test_a_stalled_read_is_retried_and_completes_when_the_records_arrive(worker, monkeypatch):
+    monkeypatch.setattr(app, "READ_RANGE_IDLE_POLLS", 10)  # stalls after 2 s of silence
+    topic = worker.settings.topics.reports
+
+    async def scenario():
+        reading = asyncio.create_task(worker.read_range(topic, 0, 0, 5))
+        await asyncio.sleep(3.0)  # the first attempt has stalled by now
+        assert not reading.done()
+        await asyncio.to_thread(
+            produce, worker.settings.kafka.brokers, topic, [b"value-3", b"value-4"]
+        )
+        return await reading
+
+    records = asyncio.run(scenario())
+    assert [value for _, value, _ in records] == [f"value-{n}".encode() for n in range(5)]
