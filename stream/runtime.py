@@ -83,6 +83,9 @@ class PartitionClock:
     # False until a record of this partition was processed (or restored from a checkpoint):
     # only then does `next_offset` say where processing stands.
     started: bool = False
+    # False while the group has given the partition to another process: it no longer holds
+    # event time back, and its offsets stay known for when it comes back.
+    assigned: bool = True
     # (first offset of a batch, max event time after it): a report at or before a batch whose
     # running max is older than the windows' start cannot be in state any more, so a restart
     # reads again from the first batch whose running max reaches it.
@@ -249,7 +252,7 @@ class WorkerCore:
         back."""
         lowest = _NO_PARTITION
         for number, clock in self.partitions.items():
-            if number == partition:
+            if number == partition or not clock.assigned:
                 continue
             if clock.max_ts_ms is None:
                 # Assigned but nothing from it yet: hold event time for a while, or reading a
@@ -323,15 +326,17 @@ class WorkerCore:
 
     def assigned(self, partitions: Iterable[int], now_ms: int) -> None:
         """The group's assignment is now exactly these partitions. Event time waits to hear
-        from a new one; one taken away no longer counts for the watermark (it would hold it
-        back for good with idle advance off) nor goes into checkpoints."""
+        from a new one; one taken away no longer counts for the watermark (with idle advance
+        off it would hold it back for good) until it is given back."""
         mine = set(partitions)
-        for partition in list(self.partitions):
-            if partition not in mine:
-                del self.partitions[partition]
+        for partition, clock in self.partitions.items():
+            clock.assigned = partition in mine
         for partition in mine:
-            if partition not in self.partitions:
+            clock = self.partitions.get(partition)
+            if clock is None:
                 self.partitions[partition] = PartitionClock(last_arrival_wall_ms=now_ms)
+            else:
+                clock.last_arrival_wall_ms = max(clock.last_arrival_wall_ms, now_ms)
 
     def tick(self, now_ms: int) -> Outputs:
         """Called every second or so: idle partitions move event time on."""

@@ -302,7 +302,9 @@ def test_committed_offsets_never_pass_processed_ones_across_kill_9(bootstrap, li
     assert "event=checkpoint_restored" in worker.tail(10_000)
 
 
-def test_committed_offsets_never_pass_processed_ones_across_a_rebalance(bootstrap, lines, group):
+def test_a_second_worker_in_the_group_stops_both_until_one_is_left_and_commits_stay_true(
+    bootstrap, lines, group
+):
     names, make = group
     topic, group_id = names["reports"], names["group"]
     a, b = make("a"), make("b")
@@ -315,36 +317,30 @@ def test_committed_offsets_never_pass_processed_ones_across_a_rebalance(bootstra
         feed.send(600)
 
         # B joins the group (same group id, its own web port): A and B split the partitions.
+        # Detection split over two processes would miss the incidents whose reports landed on
+        # the other one, so both stop processing, and say so, until the group is one again.
         b.start()
         watch.watch("b", b)
         watch.set_phase("a and b")
-
-        def b_is_working() -> bool:
-            try:
-                return ready(b) and sum(b.totals().values()) > 0 and len(watch.of("a and b")) > 20
-            except OSError:
-                return False
-
-        deadline = time.monotonic() + 90
-        while not b_is_working():
-            assert time.monotonic() < deadline, f"B never processed a record\n{b.tail()}"
-            assert feed.left > 1000, "ran out of reports before B joined"
-            feed.send(CHUNK)
+        a.wait_until(lambda: "event=group_shared" in a.tail(10_000), timeout_s=90)
+        b.wait_until(lambda: "event=group_shared" in b.tail(10_000), timeout_s=90)
+        assert not ready(a) and not ready(b)
         feed.send(500)
+        held = committed(bootstrap, group_id, topic, PARTITIONS)
+        time.sleep(3)
+        assert committed(bootstrap, group_id, topic, PARTITIONS) == held
+        b_totals = b.totals()
+        assert sum(b_totals.values()) == 0, b_totals
 
-        # Drain, so that what B has processed is final; then stop B: A takes everything back.
-        def drained() -> bool:
-            mine, theirs = next_offsets(a), next_offsets(b)
-            return all(max(mine.get(p, 0), theirs.get(p, 0)) == n for p, n in feed.produced.items())
-
-        a.wait_until(drained, timeout_s=60)
-        a_frozen, b_final, b_totals = next_offsets(a), next_offsets(b), b.totals()
-        watch.retire("b", b_final)
+        # B stops (it exits without committing what it waited on): A takes everything back.
+        watch.retire("b", {})  # it processed nothing, so it bounds no commit
         b.process.send_signal(signal.SIGTERM)
         b.process.wait(timeout=30)
-        assert b.process.returncode == 0, b.tail()
+        assert b.process.returncode in (0, 70), b.tail()
         watch.set_phase("a again")
         a.wait_until(lambda: assignments(a.log_path)[-1] == set(range(PARTITIONS)), timeout_s=60)
+        a.wait_until(lambda: ready(a), timeout_s=60)
+        assert "event=group_whole" in a.tail(10_000)
         feed.send()
         a.wait_until(
             lambda: committed(bootstrap, group_id, topic, PARTITIONS) == feed.produced,
@@ -353,32 +349,17 @@ def test_committed_offsets_never_pass_processed_ones_across_a_rebalance(bootstra
         a.wait_until(lambda: next_offsets(a) == feed.produced, timeout_s=60)
         time.sleep(1)
     assert not watch.violations, "\n".join(watch.violations[:10])
-    for phase in ("a alone", "a and b", "a again"):
+    for phase in ("a alone", "a again"):
         watch.assert_moving(phase)
 
-    # The rebalance really happened: B got some partitions, A gave them up and got them back,
-    # and B processed and committed records that A had not.
+    # The rebalance really happened: B got some partitions, A gave some up and got them back.
     a_assigned, b_assigned = assignments(a.log_path), assignments(b.log_path)
     everything = set(range(PARTITIONS))
     assert any(0 < len(s) < PARTITIONS for s in b_assigned), b_assigned
     assert a_assigned[0] == everything and a_assigned[-1] == everything, a_assigned
     assert any(0 < len(s) < PARTITIONS for s in a_assigned), a_assigned
-    assert any(
-        "b" in s.claims
-        and c is not None
-        and c > s.claims.get("a", {}).get(p, 0)
-        and s.claims["b"].get(p, 0) >= c
-        for s in watch.of("a and b")
-        for p, c in s.committed.items()
-    ), "no commit came from B's processing"
-
-    # B's claims are true: it processed at least the offsets its claims moved past A's (frozen
-    # since A gave those partitions up). A record B skipped but counted as processed (and could
-    # commit) would leave its totals short of that.
-    moved = sum(max(0, n - a_frozen.get(p, 0)) for p, n in b_final.items())
-    assert sum(b_totals.values()) >= moved > 0, (b_totals, b_final, a_frozen)
 
     # No record lost: each one processed by at least one of them.
     assert feed.sent == len(lines)
     a_totals = a.totals()
-    assert sum(a_totals.values()) + sum(b_totals.values()) >= len(lines), (a_totals, b_totals)
+    assert sum(a_totals.values()) >= len(lines), a_totals
