@@ -29,6 +29,10 @@ from geoincident.stream.broker import (
 )
 from geoincident.stream.config import Settings
 
+# Six synthetic districts over the simulator's default city (deploy/examples/); in a clone of
+# the project only (an installed package has no deploy/ folder, and the demo runs without).
+EXAMPLE_DISTRICTS = Path(__file__).resolve().parent.parent / "deploy/examples/districts.geojson"
+
 
 def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
@@ -78,6 +82,11 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
             GEOINCIDENT_WORKER__DATA_DIR=str(workdir / "state"),
             GEOINCIDENT_KAFKA__GROUP_ID=f"geoincident-demo-{os.getpid()}",
         )
+        districts = None
+        if settings.detection.geofences is None and EXAMPLE_DISTRICTS.is_file():
+            # the simulated city's example districts: incidents show their jurisdiction
+            districts = EXAMPLE_DISTRICTS
+            env["GEOINCIDENT_DETECTION__GEOFENCES"] = str(districts)
         worker = _spawn(
             ["worker", "--brokers", brokers, "--web-port", str(web_port)],
             workdir / "worker.log",
@@ -107,6 +116,8 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
             f"[bold]geoincident demo[/bold]  broker {brokers}  "
             f"metrics http://127.0.0.1:{web_port}/metrics  logs {workdir}"
         )
+        if districts is not None:
+            console.print(f"districts (jurisdictions) from {districts}")
         console.print(
             f"a simulated city at {speed:g}x speed; incidents appear as they open. Ctrl-C stops."
         )
@@ -169,6 +180,7 @@ def _print_event(console: Console, event: dict, elapsed_s: float) -> None:
     console.print(
         f"[dim]{elapsed_s:6.1f}s[/dim] [{_STYLE.get(name, '')}]{name.upper():9}[/] "
         f"{event['incident_id']}  {event['kind']:5} {event['category']:<20} "
-        f"{event['lat']:.5f},{event['lon']:.5f}  {event['independent_reporters']} reporters  "
+        f"{event['lat']:.5f},{event['lon']:.5f}  {event.get('jurisdiction') or '-'}  "
+        f"{event['independent_reporters']} reporters  "
         f"validated {event['validated_at']}{reason}"
     )

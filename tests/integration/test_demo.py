@@ -51,6 +51,10 @@ def test_demo_shows_a_first_incident_within_60_s_and_stops_cleanly_on_sigint(tmp
                 break
         assert first_incident_s is not None, "no incident within 60 s:\n" + "".join(output)
         broker = re.search(r"broker (127\.0\.0\.1:\d+)", "".join(output)).group(1)
+        assert "districts (jurisdictions) from" in "".join(output)
+        districts = ("Southwest", "South Central", "Southeast", "Northwest", "North Central")
+        # the opened line names the incident's district, or "-" outside every district
+        assert re.search(r"  (" + "|".join(districts) + r"|Northeast|-)  \d+ reporters", line)
         assert _processes_mentioning(broker), "the demo's processes should be running"
         demo.send_signal(signal.SIGINT)
         rest, _ = demo.communicate(timeout=60)
