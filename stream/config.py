@@ -192,6 +192,26 @@ class Settings(BaseSettings):
     surge: SurgeConfig = SurgeConfig()
     worker: WorkerConfig = WorkerConfig()
 
+    @field_validator("taxonomy", mode="before")
+    @classmethod
+    def _extend_the_default_taxonomy(cls, value: Any) -> Any:
+        """`[taxonomy.X]` entries add categories to the default taxonomy (an entry named like
+        a default category replaces its tags and keywords); `[taxonomy] replace = true`
+        makes them the whole taxonomy."""
+        if not isinstance(value, dict):
+            return value  # pydantic names the type error
+        entries = dict(value)
+        replace = entries.pop("replace", False)
+        if isinstance(replace, str) and replace.lower() in ("true", "false", "1", "0"):
+            replace = replace.lower() in ("true", "1")  # from the environment
+        if not isinstance(replace, bool):
+            raise ValueError(f"taxonomy.replace must be true or false, not {replace!r}")
+        if replace:
+            if not entries:
+                raise ValueError("taxonomy.replace = true needs at least one [taxonomy.X] entry")
+            return entries
+        return {**_default_taxonomy(), **entries}
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -376,6 +396,8 @@ def _unknown_environment() -> list[str]:
 def render_toml(settings: Settings) -> str:
     """The effective configuration as TOML (what `geoincident config show` prints)."""
     data = settings.model_dump(mode="json")
+    # the taxonomy shown is the whole effective one: loading this output gives it back
+    data["taxonomy"] = {"replace": True, **data["taxonomy"]}
     if data["kafka"].get("sasl_password"):
         data["kafka"]["sasl_password"] = "***"
     lines: list[str] = []

@@ -333,3 +333,58 @@ def test_the_detector_parameters_import_without_pydantic():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+DEFAULT_CATEGORIES = {
+    "streetlight_out",
+    "traffic_signal_out",
+    "road_flooding",
+    "pothole",
+    "water_main_break",
+    "downed_tree",
+    "gas_leak",
+    "power_outage",
+}
+HEAT = '[taxonomy.heat_complaint]\ntags = ["noheat"]\nkeywords = ["no heat"]\n'
+
+
+def _category_of(params, **wire) -> str:
+    from geoincident.detectors.report import parse_report
+    from tests.builders import wire as wire_of
+
+    return parse_report(wire_of(**wire), params.taxonomy).category
+
+
+def test_taxonomy_entries_extend_the_default(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(HEAT)
+    params = load_settings(path).detector_params()
+    assert set(params.taxonomy.names) == DEFAULT_CATEGORIES | {"heat_complaint"}
+    assert _category_of(params, tags=["#lightout"]) == "streetlight_out"  # defaults still resolve
+    assert _category_of(params, tags=["#NoHeat"]) == "heat_complaint"
+
+
+def test_taxonomy_replace_makes_the_entries_the_whole_taxonomy(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[taxonomy]\nreplace = true\n\n" + HEAT)
+    params = load_settings(path).detector_params()
+    assert params.taxonomy.names == ["heat_complaint"]
+    assert _category_of(params, tags=["#lightout"]) == "unclassified"
+
+
+def test_a_bad_taxonomy_replace_fails_naming_it(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[taxonomy]\nreplace = "sometimes"\n\n' + HEAT)
+    with pytest.raises(ConfigError, match="taxonomy.replace must be true or false"):
+        load_settings(path)
+
+
+def test_config_show_of_an_extended_taxonomy_loads_back_the_same(tmp_path):
+    from geoincident.stream.config import render_toml
+
+    path = tmp_path / "c.toml"
+    path.write_text(HEAT)
+    shown = tmp_path / "shown.toml"
+    shown.write_text(render_toml(load_settings(path)))
+    again = load_settings(shown).detector_params().taxonomy
+    assert again == load_settings(path).detector_params().taxonomy
