@@ -5,7 +5,7 @@ so everything within the radius of a point is in the 3 x 3 boxes around it: at m
 dictionary probes plus exact haversine distances, and box edges never split anything.
 
 - `FreeReports`: processed reports, inside their category's window, that belong to no
-  incident. An incident is born from them (engine: `_try_open`), never from a long-lived
+  incident. An incident is born from them (grouping: `Grouping._try_open`), never from a long-lived
   "forming cluster": a cluster whose centre follows its members walks across a busy area,
   merging as it goes, until it carries thousands of reports; reports found around the point
   where agreement is tested cannot.

@@ -15,7 +15,7 @@ Carlo; here it is closed form, so a decision costs microseconds):
   category's free reports in the local window over a ~2.5 km neighbourhood, divided by the
   area people report from there (`Background`), the short-term rate of the surge region (STA)
   and the region's long-term baseline (LTA), with the surge baseline floor as the least rate
-  (see `Detector._background_rate`);
+  (see `Chance._background_rate` in chance.py);
 - at scale (r, w) the group holds `n` (its independent weight inside the disk and window), and
   the background predicts `mu = lambda * pi r² * w` there;
 - chance groups of that size open at a rate of about `R * P(N >= n - 1 | mu)` per minute over the

@@ -117,7 +117,7 @@ def test_a_group_is_tested_only_at_scales_within_its_category_rules():
     params = DetectorParams()
     small = replace(params.defaults, radius_m=80.0, window_s=240.0)
     detector = Driven(replace(params, defaults=small))
-    scales = detector.detector._scales_of("streetlight_out", small)
+    scales = detector.detector.chance.scales_of("streetlight_out", small)
     assert max(r for r, _ in scales) == 80.0 and max(w for _, w in scales) == 240.0
     assert (50.0, 180.0) in scales
 

@@ -303,7 +303,7 @@ def test_state_stays_bounded_over_a_long_stream():
     assert detector.state_keys < 100
     detector.advance(end + 24 * HOUR_MS)
     assert detector.state_keys == 0 and detector.state_reports == 0
-    assert detector._timers == []
+    assert len(detector.timers) == 0
 
 
 def _mixed_stream() -> list[Report]:

@@ -1,0 +1,188 @@
+"""Where a processed report goes: into the nearest open incident, or among the free reports to
+wait for company (enough of them agreeing, and standing out from chance, open an incident);
+and out of either once it leaves its category's window."""
+
+from __future__ import annotations
+
+import heapq
+
+from geoincident.detectors.chance import Chance
+from geoincident.detectors.clusters import AccuracyWeights, Cluster, FreeReports, window_score
+from geoincident.detectors.events import IncidentEvent
+from geoincident.detectors.incidents import IncidentBook
+from geoincident.detectors.params import CategoryParams, DetectorParams
+from geoincident.detectors.report import Report
+from geoincident.geo.distance import WeightedCentroid
+
+
+class Grouping:
+    """The free reports, and every processed report until it leaves its window."""
+
+    def __init__(
+        self,
+        params: DetectorParams,
+        book: IncidentBook,
+        chance: Chance,
+        accuracy: AccuracyWeights,
+        seen: dict[str, Cluster | Report | None],
+    ) -> None:
+        self.params = params
+        self.book = book
+        self.chance = chance
+        self.accuracy = accuracy
+        self.free = FreeReports(params.max_radius_m)
+        self.background = chance.background
+        # report id -> None while pending, the Report while free, its incident's Cluster after
+        # (engine.Detector's: it tells duplicates by it)
+        self.seen = seen
+        # (leaves the window at, sequence, report): every processed report, until it leaves;
+        # the detector's loop reads expiry[0][0] to call `forget` only when one is due
+        self.expiry: list[tuple[int, int, Report]] = []
+        self._expiry_seq = 0
+        # groups that reached the threshold but not significance (a metric)
+        self.chance_groups = 0
+        self._category_params = {name: params.for_category(name) for name in params.taxonomy.names}
+
+    def params_of(self, category: str) -> CategoryParams:
+        found = self._category_params.get(category)
+        if found is None:
+            found = self._category_params[category] = self.params.for_category(category)
+        return found
+
+    def process(
+        self, report: Report, late: bool, weight: float, clock_ms: int | None
+    ) -> list[IncidentEvent]:
+        """A report the watermark passed (`late`: one that came behind it), at the detector's
+        clock: it joins an incident, or waits free and may open one."""
+        category = report.category
+        category_params = self._category_params.get(category) or self.params_of(category)
+        self._expiry_seq += 1
+        heapq.heappush(
+            self.expiry, (report.ts_ms + category_params.window_ms, self._expiry_seq, report)
+        )
+        chance = self.chance
+        if chance.first_ms is None or report.ts_ms < chance.first_ms:
+            chance.first_ms = report.ts_ms
+        cluster = self.book.nearest(report, category_params.radius_m)
+        if cluster is not None:
+            return self.book.join(cluster, report, weight, clock_ms)
+        self._free(report, weight)
+        return self._try_open(report, late, category_params, clock_ms)
+
+    def replay(self, report: Report, weight: float, restored_members: dict[str, Cluster]) -> None:
+        """A report read again after a restart goes back where it was: into its incident's
+        window (the checkpoint lists members) or among the free reports. Nothing is decided."""
+        category_params = self.params_of(report.category)
+        self._expiry_seq += 1
+        heapq.heappush(
+            self.expiry, (report.ts_ms + category_params.window_ms, self._expiry_seq, report)
+        )
+        chance = self.chance
+        if chance.first_ms is None or report.ts_ms < chance.first_ms:
+            chance.first_ms = report.ts_ms
+        cluster = restored_members.get(report.id)
+        if cluster is None:
+            # incidents too large to list every member fall back to the distance rule
+            cluster = self.book.nearest(report, category_params.radius_m, incomplete=True)
+        if cluster is not None:
+            cluster.add(report, weight)
+            self.seen[report.id] = cluster
+        else:
+            self._free(report, weight)
+
+    def forget(self, now_ms: int) -> None:
+        """Reports that left every window before now_ms: out of their incident's window, or
+        no longer free."""
+        expiry = self.expiry
+        heappop = heapq.heappop
+        seen = self.seen
+        while expiry and expiry[0][0] < now_ms:
+            report = heappop(expiry)[2]
+            owner = seen.pop(report.id, None)
+            if owner is None:
+                continue
+            if owner.__class__ is Cluster:
+                owner.remove_id(report.id)  # type: ignore[union-attr]
+            else:
+                self._unfree(report)
+
+    def _free(self, report: Report, weight: float) -> None:
+        """A report no incident took: it waits for company, and is background meanwhile
+        (members of incidents are explained by their incident, not by chance)."""
+        self.free.add(report, weight)
+        self.background.add(report.category, report.lat, report.lon)
+        self.seen[report.id] = report
+
+    def _unfree(self, report: Report) -> None:
+        """A free report joins an incident or leaves the window: no longer waiting, nor
+        background."""
+        self.free.remove(report)
+        self.background.remove(report.category, report.lat, report.lon)
+
+    def _try_open(
+        self, report: Report, late: bool, category_params: CategoryParams, clock_ms: int | None
+    ) -> list[IncidentEvent]:
+        """Do the free reports around this one agree enough, and stand out from the background?
+
+        In order, the window is the one ending at this report. A late report can complete a
+        window that ends at a later report: the first such window wins (its end is the
+        `validated_at`), as if the report had arrived in time.
+        """
+        window_ms = category_params.window_ms
+        threshold = category_params.threshold
+        ts_ms = report.ts_ms
+        around = self.free.near(
+            report.category,
+            report.lat,
+            report.lon,
+            category_params.radius_m,
+            ts_ms - window_ms,
+            ts_ms + window_ms if late else ts_ms,
+        )
+        total = 0.0
+        for _, weight in around:
+            total += weight
+        if total < threshold:  # an upper bound of the independent weight
+            return []
+        ends = sorted({entry[0].ts_ms for entry in around if entry[0].ts_ms >= ts_ms})
+        for end_ms in ends:
+            group = [entry for entry in around if end_ms - window_ms <= entry[0].ts_ms <= end_ms]
+            if window_score(group, end_ms - window_ms, end_ms)[0] < threshold:
+                continue
+            events = self._open_group(group, end_ms, report, category_params, clock_ms)
+            if events is not None:
+                return events
+        return []
+
+    def _centre(self, group: list[tuple[Report, float]]) -> tuple[float, float]:
+        centroid = WeightedCentroid()
+        accuracy = self.accuracy
+        for member, _ in group:
+            centroid.add(member.lat, member.lon, accuracy(member.accuracy_m))
+        return centroid.latlon()
+
+    def _open_group(
+        self,
+        group: list[tuple[Report, float]],
+        end_ms: int,
+        trigger: Report,
+        category_params: CategoryParams,
+        clock_ms: int | None,
+    ) -> list[IncidentEvent] | None:
+        """Open an incident of the free reports around the group's centre, if they pass the
+        threshold and the significance test; None when they do not."""
+        window_ms = category_params.window_ms
+        threshold = category_params.threshold
+        lat, lon = self._centre(group)
+        members = self.free.near(
+            trigger.category, lat, lon, category_params.radius_m, end_ms - window_ms, end_ms
+        )
+        if window_score(members, end_ms - window_ms, end_ms)[0] < threshold:
+            members = group
+        verdict = self.chance.verdict(members, lat, lon, end_ms, category_params, clock_ms)
+        if not verdict.significant:
+            self.chance_groups += 1
+            return None
+        for member, _ in members:
+            self._unfree(member)
+        return self.book.open(members, end_ms, trigger, category_params, clock_ms)

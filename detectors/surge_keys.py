@@ -1,0 +1,151 @@
+"""Which surge keys, (H3 region, category, language), are tracked in full, and for how long.
+
+A key is tracked from its PROMOTE_AFTER-th report within one short window; until then only its
+last few reports are held. A sweep every SWEEP_MS of event time forgets the keys that can no
+longer matter.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+from h3.api.basic_int import latlng_to_cell as _latlng_to_cell
+
+from geoincident.detectors.report import Report
+from geoincident.detectors.surge_baseline import BUCKET_MS, Baseline, Entry, Key, KeyState
+from geoincident.detectors.timers import Timers
+
+if TYPE_CHECKING:
+    from geoincident.detectors.surge import SurgeParams
+
+# The sweep's timer kind; the surge detector's others are in surge_decisions.
+SWEEP = 2
+# Keys are examined for eviction on these event-time boundaries.
+SWEEP_MS = 10 * BUCKET_MS
+# A key with no open surge, no cooldown, an empty window and a baseline below this fraction of
+# the floor is forgotten: recreated later at 0, its ratio is the same (max(b, floor) == floor).
+EVICT_FRACTION_OF_FLOOR = 0.1
+# Keys are tracked in full from their PROMOTE_AFTER-th report within one short window. A key
+# never promoted runs below PROMOTE_AFTER / short window (0.6/min by default); a surge needs
+# min_count in the window (6/min), a ratio of 10 over such a baseline, above min_ratio (8): so
+# whether such a key's baseline were tracked would change no decision (it holds as long as
+# PROMOTE_AFTER <= min_count / min_ratio). Bounding the span by the short window keeps all
+# window state re-readable from the input after a restart (see `SurgeDetector.rebuild`).
+PROMOTE_AFTER = 3
+UNDETERMINED_LANG = "und"
+
+
+@functools.lru_cache(maxsize=4096)
+def language_of(lang: str | None) -> str:
+    """The primary language subtag, lower-case ("en-US" -> "en"); "und" when absent or bogus."""
+    if not lang:
+        return UNDETERMINED_LANG
+    primary = lang.strip().replace("_", "-").split("-", 1)[0].lower()
+    if not 1 <= len(primary) <= 8 or not (primary.isascii() and primary.isalpha()):
+        return UNDETERMINED_LANG
+    return primary
+
+
+class KeyTracker:
+    """The keys tracked in full, the last reports of the others, and the sweep."""
+
+    def __init__(self, params: SurgeParams, baseline: Baseline, timers: Timers) -> None:
+        self.keys: dict[Key, KeyState] = {}  # changed in place only (the decisions share it)
+        self.sparse: dict[Key, list[Entry]] = {}
+        # sorted, so sums over languages add up in the same order in every process
+        self.langs: tuple[str, ...] = ()
+        self.sweep_scheduled = False
+        self.baseline = baseline
+        self.timers = timers
+        self.region_resolution = params.region_resolution
+        self.window_ms = params.window_ms
+        self.evict_below = params.baseline_floor_per_min * EVICT_FRACTION_OF_FLOOR
+
+    @property
+    def held_reports(self) -> int:
+        """Reports held in short windows, tracked or not."""
+        held = sum(len(entries) for entries in self.sparse.values())
+        return held + sum(len(key.window) for key in self.keys.values())
+
+    def entry_and_key(self, report: Report) -> tuple[Entry, Key]:
+        """What a key's window holds of a report, and the key: (region, category, language)."""
+        entry: Entry = (report.ts_ms, report.id, report.reporter, report.device, report.source)
+        key_id = (
+            _latlng_to_cell(report.lat, report.lon, self.region_resolution),
+            report.category,
+            language_of(report.lang),
+        )
+        return entry, key_id
+
+    def hold_or_promote(
+        self, key_id: Key, entry: Entry, now_ms: int, sweep: bool
+    ) -> KeyState | None:
+        """A report of a key not tracked yet. A (region, category, language) reporting under
+        PROMOTE_AFTER per short window cannot change a decision (see PROMOTE_AFTER): it is only
+        remembered as its last few reports, which join the key's window (returned) once it
+        gets busier. `sweep`: schedule a sweep if none is (not while rebuilding)."""
+        ts_ms = entry[0]
+        if key_id[2] not in self.langs:
+            self.langs = tuple(sorted({*self.langs, key_id[2]}))
+        held = [e for e in self.sparse.get(key_id, ()) if e[0] > ts_ms - self.window_ms]
+        held.append(entry)
+        if len(held) < PROMOTE_AFTER:
+            self.sparse[key_id] = held
+            if sweep:
+                self.schedule_sweep(now_ms)
+            return None
+        self.sparse.pop(key_id, None)
+        key = self._key_for(key_id, ts_ms, now_ms)
+        count = self.baseline.count
+        for held_entry in sorted(held):
+            count(key, held_entry)
+        return key
+
+    def _key_for(self, key_id: Key, promoted_ms: int, now_ms: int) -> KeyState:
+        key = self.keys.get(key_id)
+        if key is None:
+            origin = self.baseline.origin_bucket
+            assert origin is not None
+            # A new key has (implicitly) folded empty minutes since the detector's origin; it
+            # counts the reports held for the last short window before its promotion.
+            key = self.keys[key_id] = KeyState(key_id, origin - 1, promoted_ms - self.window_ms)
+            self.schedule_sweep(now_ms)
+        return key
+
+    def schedule_sweep(self, now_ms: int) -> None:
+        if not self.sweep_scheduled:
+            self.sweep_scheduled = True
+            self.timers.add((now_ms // SWEEP_MS + 1) * SWEEP_MS, SWEEP, None, None)
+
+    def sweep(self, now_ms: int) -> None:
+        """Forget keys that can no longer matter; runs every SWEEP_MS of event time."""
+        keys = self.keys
+        measure = self.baseline.measure
+        doomed = []
+        for key_id, key in keys.items():
+            if key.surge is not None:
+                continue
+            if key.cooldown_until_ms is not None and key.cooldown_until_ms > now_ms:
+                continue
+            _, _, estimate, _ = measure(key, now_ms)
+            if key.window or key.pending or estimate is None:
+                continue
+            if estimate < self.evict_below:
+                doomed.append(key_id)
+        for key_id in doomed:
+            del keys[key_id]
+        horizon = now_ms - self.window_ms
+        self.sparse = {k: v for k, v in self.sparse.items() if v[-1][0] > horizon}
+        if keys or self.sparse:
+            self.timers.add(now_ms + SWEEP_MS, SWEEP, None, None)
+        else:
+            self.sweep_scheduled = False
+
+    def restore(self, keys: dict[Key, KeyState], sweep_scheduled: bool) -> None:
+        """Tracked keys from a checkpoint; held reports are read again (`rebuild`)."""
+        self.keys.clear()
+        self.keys.update(keys)
+        self.sparse = {}
+        self.langs = tuple(sorted({ident[2] for ident in keys}))
+        self.sweep_scheduled = sweep_scheduled
