@@ -36,7 +36,7 @@ class Dispatcher:
             ):
                 if key is not None and key in blocked:
                     since = blocked[key]
-                    if not processed_before_restart or since is None or report.ts_ms > since:
+                    if not processed_before_restart or since is None or report.ts_ms >= since:
                         return 0.0
         if report.source is None:
             return 1.0

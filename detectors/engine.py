@@ -152,7 +152,8 @@ class Detector:
         """End of input: the watermark moves to the latest event time seen."""
         if self.max_ts_ms is None:
             return []
-        events = list(self._run(self.max_ts_ms))
+        self.raise_watermark(self.max_ts_ms)
+        events = self.drain(through=True)
         # Throttled updates already decided but not yet due are emitted at their due time: no
         # more input can change them, and the output should end with each incident's last state.
         # Quiet resolutions are not: the input ended, it did not fall quiet for an hour.
@@ -220,7 +221,7 @@ class Detector:
         for report in reports:
             if report.category == UNCLASSIFIED or report.id in seen:
                 continue
-            if watermark is not None and report.ts_ms <= watermark:
+            if watermark is not None and report.ts_ms < watermark:
                 if report.id in replayed_ids:
                     continue
                 replayed_ids.add(report.id)
@@ -262,19 +263,23 @@ class Detector:
         if self.watermark_ms is None or watermark_ms > self.watermark_ms:
             self.watermark_ms = watermark_ms
 
-    def drain(self) -> list[IncidentEvent]:
-        """Process the reports and timers the watermark has passed, in event-time order.
+    def drain(self, through: bool = False) -> list[IncidentEvent]:
+        """Process the reports the watermark has passed (event time before it; `through`, at
+        the end of the input: at it too) and the timers due by it, in event-time order.
 
-        Raising the watermark several times and draining once gives the same decisions as
-        draining after each raise: every step ticks the clock to its own time first, and a
-        late report drains before it is processed.
+        A report exactly at the watermark is on time (at most the lateness bound behind the
+        latest), so it waits: one of the same time and a lower id may still arrive, and the
+        order must not depend on where the input was cut. Raising the watermark several times
+        and draining once gives the same decisions as draining after each raise: every step
+        ticks the clock to its own time first, and a late report drains before it is processed.
         """
         watermark_ms = self.watermark_ms
-        if watermark_ms is None or (
-            self._drained_ms is not None and watermark_ms <= self._drained_ms
-        ):
+        if watermark_ms is None:
             return []
-        self._drained_ms = watermark_ms
+        limit_ms = watermark_ms + 1 if through else watermark_ms  # reports strictly before it
+        if self._drained_ms is not None and limit_ms <= self._drained_ms:
+            return []
+        self._drained_ms = limit_ms
         events: list[IncidentEvent] = []
         pending = self._pending
         timers = self.timers.heap
@@ -301,7 +306,7 @@ class Detector:
                 if surge_on:
                     events.extend(surge.advance(due_ms))
                 fire(kind, incident_id, due_ms, events)
-            elif pending and pending[0][0] <= watermark_ms:
+            elif pending and pending[0][0] < limit_ms:
                 ts_ms, _, report = heappop(pending)
                 clock = self.clock_ms
                 if clock is None or ts_ms > clock:
