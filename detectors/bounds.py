@@ -80,5 +80,5 @@ def check(params: Any, section: str) -> None:
     """Raise ValueError naming the key (`section.field`) of the first value out of its bounds."""
     for name, rule in bounds_of(params).items():
         value = getattr(params, name)
-        if not rule.admits(value):
+        if value is not None and not rule.admits(value):  # None: unset, a fallback applies
             raise ValueError(f"{section}.{name} must be {rule}, not {value!r}")

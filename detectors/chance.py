@@ -13,6 +13,7 @@ from geoincident.detectors.report import Report
 from geoincident.detectors.significance import (
     MIN_SPAN_MS,
     Background,
+    SignificanceParams,
     Verdict,
     judge,
     poisson_tail,
@@ -34,15 +35,21 @@ class Chance:
         # event time of the first report processed: rates are never divided by time not seen
         self.first_ms: int | None = None
         self._scales: dict[str, list[tuple[float, float]]] = {}
-        significance = params.significance
-        self._budget_per_day = significance.max_false_per_day / max(1, len(params.taxonomy.names))
+        # category -> (its significance settings, its chance incidents per day)
+        self._rules: dict[str, tuple[SignificanceParams, float]] = {}
+
+    def rules_of(self, category: str) -> tuple[SignificanceParams, float]:
+        found = self._rules.get(category)
+        if found is None:
+            found = self._rules[category] = self.params.significance_of(category)
+        return found
 
     def scales_of(
         self, category: str, category_params: CategoryParams
     ) -> list[tuple[float, float]]:
         scales = self._scales.get(category)
         if scales is None:
-            significance = self.params.significance
+            significance = self.rules_of(category)[0]
             radii = sorted({r for r in significance.radii_m if r < category_params.radius_m})
             radii.append(category_params.radius_m)
             windows = sorted({w for w in significance.windows_s if w < category_params.window_s})
@@ -61,9 +68,10 @@ class Chance:
     ) -> Verdict:
         """The scan test of a group (centred at lat, lon; its window ending at end_ms) at each
         scale."""
-        if not self.params.significance.enabled:
-            return _PASS
         category = members[0][0].category
+        significance, budget = self.rules_of(category)
+        if not significance.enabled:
+            return _PASS
         scales = self.scales_of(category, category_params)
         now_ms = clock_ms if clock_ms is not None else end_ms
         span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
@@ -82,7 +90,6 @@ class Chance:
                 if distance <= radius_m and member.ts_ms >= start_ms:
                     total += weight
             bounds.append(total)
-        budget = self._budget_per_day
         bounded = judge(scales, bounds, rate, area_rate, budget)
         if not bounded.significant:
             return bounded
@@ -109,10 +116,11 @@ class Chance:
         into its radius in that time; where reports are rare a single member keeps an
         incident open, as before. Downtown the three or four strangers an hour who pass
         within its radius do not."""
-        significance = self.params.significance
+        significance = self.rules_of(incident.category)[0]
         if not significance.enabled:
             return False
-        since_ms = now_ms - self.params.resolve_after_ms
+        resolve_after_ms = self.params.resolve_after_ms_of(incident.category)
+        since_ms = now_ms - resolve_after_ms
         recent = [ts_ms for ts_ms in incident.recent_ts if ts_ms > since_ms]
         incident.recent_ts = recent
         if not recent:
@@ -122,7 +130,7 @@ class Chance:
         span_min = self._span_ms(now_ms, category_params.window_ms) / 60_000.0
         rate = self._background_rate(incident.category, lat, lon, [], now_ms, span_min)
         area_km2 = math.pi * (category_params.radius_m / 1000.0) ** 2
-        expected = rate * area_km2 * self.params.resolve_after_s / 60.0
+        expected = rate * area_km2 * resolve_after_ms / 60_000.0
         if expected < 1.0:
             return False  # the background brings nobody: any member is news, as before
         return poisson_tail(len(recent), expected) >= significance.still_active_p

@@ -123,7 +123,11 @@ class IncidentBook:
         emitted_ms = max(validated_ms, clock_ms or validated_ms)
         incident.last_emit_ts_ms = emitted_ms
         events = [self.event(incident, OPENED, emitted_ms, trigger.id)]
-        self.timers.add(incident.last_ts_ms + params.resolve_after_ms, QUIET, incident.incident_id)
+        self.timers.add(
+            incident.last_ts_ms + params.resolve_after_ms_of(incident.category),
+            QUIET,
+            incident.incident_id,
+        )
         self._merge_neighbours(cluster, trigger, events, clock_ms)
         return events
 
@@ -151,7 +155,7 @@ class IncidentBook:
     ) -> None:
         """New independent reporters: emit now, or once the update interval has passed."""
         now_ms = clock_ms or 0
-        due_ms = incident.last_emit_ts_ms + self.params.update_interval_ms
+        due_ms = incident.last_emit_ts_ms + self.params.update_interval_ms_of(incident.category)
         if now_ms >= due_ms:
             events.append(self.event(incident, UPDATED, now_ms, trigger))
         elif not incident.update_due:
@@ -215,7 +219,7 @@ class IncidentBook:
         if kind == QUIET:
             if not incident.is_open:
                 return
-            quiet_until = incident.last_ts_ms + self.params.resolve_after_ms
+            quiet_until = incident.last_ts_ms + self.params.resolve_after_ms_of(incident.category)
             if quiet_until > due_ms and not self.chance.only_background(incident, due_ms):
                 self.timers.add(quiet_until, QUIET, incident_id)
                 return
@@ -255,7 +259,9 @@ class IncidentBook:
             cluster.lat, cluster.lon = incident.centre()
             self.index.insert(cluster)
         self.timers.add(
-            incident.last_ts_ms + self.params.resolve_after_ms, QUIET, incident.incident_id
+            incident.last_ts_ms + self.params.resolve_after_ms_of(incident.category),
+            QUIET,
+            incident.incident_id,
         )
         return self.event(incident, UPDATED, at_ms, None)
 

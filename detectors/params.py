@@ -19,11 +19,18 @@ from geoincident.geo.fences import Geofences
 @dataclass(frozen=True, slots=True)
 class CategoryParams:
     """What "enough independent reports agree" means for one category: the `[detection]` keys
-    of that name are the defaults, `[detection.categories.NAME]` overrides them."""
+    of that name are the defaults, `[detection.categories.NAME]` overrides them. The keys that
+    default to None fall back to `[detection]` (`resolve_after_s`, `update_interval_s`) and
+    `[detection.significance]` (`significance`) when unset; DetectorParams resolves them."""
 
     threshold: float = bounded(5.0, gt=0)
     window_s: float = bounded(900.0, gt=0)
     radius_m: float = bounded(250.0, gt=0, le=50_000)
+    resolve_after_s: float | None = bounded(None, gt=0)
+    update_interval_s: float | None = bounded(None, ge=0)
+    # the whole section for this category (its `max_false_per_day` is the category's own
+    # budget, not a share); `neighbourhood_m` is the stream's, whatever this says
+    significance: SignificanceParams | None = None
     # derived, read for every report: a plain attribute rather than a property
     window_ms: int = field(init=False, repr=False, compare=False)
 
@@ -58,6 +65,23 @@ class DetectorParams:
 
     def for_category(self, category: str) -> CategoryParams:
         return self.categories.get(category, self.defaults)
+
+    def resolve_after_ms_of(self, category: str) -> int:
+        own = self.for_category(category).resolve_after_s
+        return int((self.resolve_after_s if own is None else own) * 1000)
+
+    def update_interval_ms_of(self, category: str) -> int:
+        own = self.for_category(category).update_interval_s
+        return int((self.update_interval_s if own is None else own) * 1000)
+
+    def significance_of(self, category: str) -> tuple[SignificanceParams, float]:
+        """The significance settings of a category and its budget of chance incidents per
+        day: its own, or an even share of `[detection.significance] max_false_per_day`."""
+        own = self.for_category(category).significance
+        if own is not None:
+            return own, own.max_false_per_day
+        shared = self.significance
+        return shared, shared.max_false_per_day / max(1, len(self.taxonomy.names))
 
     def source_weight(self, source: str | None) -> float:
         if source is None:

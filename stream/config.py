@@ -107,18 +107,36 @@ def _items_within(rule: Bounds) -> Callable[[Any], Any]:
     return validate
 
 
-# [detection.categories.NAME]: the category keys of [detection], each unset by default.
-CategoryOverride = create_model(
-    "CategoryOverride", __base__=_Section, **_config_fields(CategoryParams, optional=True)
-)
 SignificanceConfig = create_model(
     "SignificanceConfig", __base__=_Section, **_config_fields(SignificanceParams)
+)
+# The detection rules of one category. `neighbourhood_m` is not one of them: the background
+# is counted on one grid for the whole stream.
+_CATEGORY_RULES = ("threshold", "window_s", "radius_m", "resolve_after_s", "update_interval_s")
+_CATEGORY_SIGNIFICANCE = tuple(
+    f.name for f in dataclasses.fields(SignificanceParams) if f.name != "neighbourhood_m"
+)
+# [detection.categories.NAME]: every detection rule, each unset (falling back to [detection]
+# and [detection.significance]) unless given.
+CategoryOverride = create_model(
+    "CategoryOverride",
+    __base__=_Section,
+    **_config_fields(CategoryParams, *_CATEGORY_RULES, optional=True),
+    significance=(
+        create_model(
+            "CategorySignificance",
+            __base__=_Section,
+            **_config_fields(SignificanceParams, *_CATEGORY_SIGNIFICANCE, optional=True),
+        )
+        | None,
+        None,
+    ),
 )
 DetectionConfig = create_model(
     "DetectionConfig",
     __base__=_Section,
     **_config_fields(DetectorParams, "resolution"),
-    **_config_fields(CategoryParams),  # the defaults of every category
+    **_config_fields(CategoryParams, "threshold", "window_s", "radius_m"),  # every category's
     **_config_fields(
         DetectorParams,
         "allowed_lateness_s",
@@ -258,8 +276,11 @@ class Settings(BaseSettings):
             raise ConfigError(f"taxonomy: {exc}") from exc
         try:  # the dataclasses check their rules again, and those across keys
             defaults = CategoryParams(
-                **{key: getattr(detection, key) for key in CategoryOverride.model_fields}
+                threshold=detection.threshold,
+                window_s=detection.window_s,
+                radius_m=detection.radius_m,
             )
+            significance = SignificanceParams(**detection.significance.model_dump())
             return DetectorParams(
                 resolution=detection.resolution,
                 allowed_lateness_s=detection.allowed_lateness_s,
@@ -271,17 +292,30 @@ class Settings(BaseSettings):
                 max_report_ids=detection.max_report_ids,
                 defaults=defaults,
                 categories={
-                    name: dataclasses.replace(defaults, **override.model_dump(exclude_none=True))
+                    name: _category_rules(defaults, significance, override)
                     for name, override in detection.categories.items()
                 },
                 source_weights=dict(detection.source_weights),
                 taxonomy=taxonomy,
                 geofences=geofences,
                 surge=SurgeParams(**self.surge.model_dump()),
-                significance=SignificanceParams(**detection.significance.model_dump()),
+                significance=significance,
             )
         except ValueError as exc:  # its message names the key
             raise ConfigError(str(exc)) from None
+
+
+def _category_rules(
+    defaults: CategoryParams, significance: SignificanceParams, override: Any
+) -> CategoryParams:
+    """A category's rules: its keys over the defaults; a `significance` table of its own makes
+    the whole section its own, the keys it leaves unset taken from [detection.significance]
+    (its `max_false_per_day` then being the category's budget, not a share)."""
+    rules = override.model_dump(exclude_none=True)
+    own = rules.pop("significance", None)
+    if own is not None:
+        rules["significance"] = dataclasses.replace(significance, **own)
+    return dataclasses.replace(defaults, **rules)
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -398,6 +432,9 @@ def render_toml(settings: Settings) -> str:
     data = settings.model_dump(mode="json")
     # the taxonomy shown is the whole effective one: loading this output gives it back
     data["taxonomy"] = {"replace": True, **data["taxonomy"]}
+    # so are the rules of every category, each key set (a category's max_false_per_day is its
+    # budget: its own, or its share of [detection.significance]'s)
+    data["detection"]["categories"] = _effective_categories(settings.detector_params())
     if data["kafka"].get("sasl_password"):
         data["kafka"]["sasl_password"] = "***"
     lines: list[str] = []
@@ -419,6 +456,28 @@ def render_toml(settings: Settings) -> str:
     for section, table in data.items():
         emit_table(section, table)
     return "\n".join(lines)
+
+
+def _effective_categories(params: DetectorParams) -> dict[str, Any]:
+    rules = {}
+    for name in params.taxonomy.names:
+        category = params.for_category(name)
+        significance, budget = params.significance_of(name)
+        own = dataclasses.asdict(significance)
+        own["max_false_per_day"] = budget
+        rules[name] = {
+            "threshold": category.threshold,
+            "window_s": category.window_s,
+            "radius_m": category.radius_m,
+            "resolve_after_s": params.resolve_after_ms_of(name) / 1000.0,
+            "update_interval_s": params.update_interval_ms_of(name) / 1000.0,
+            "significance": {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in own.items()
+                if key in _CATEGORY_SIGNIFICANCE
+            },
+        }
+    return rules
 
 
 def _toml_key(key: str) -> str:

@@ -297,3 +297,22 @@ def test_an_empty_result_is_a_new_list_every_time():
     surge_events = disabled.observe(report("c", 0))
     surge_events += ["stale"]
     assert disabled.observe(report("d", 0)) == [] and disabled.advance(T0_MS) == []
+
+
+def test_a_categorys_own_quiet_time_keeps_its_incidents_open_and_only_its_own():
+    from geoincident.stream.config import load_settings
+
+    params = load_settings(
+        None, {"detection.categories": {"pothole": {"resolve_after_s": 7 * 24 * 3600.0}}}
+    ).detector_params()
+    lights = ring(5, 30, prefix="l")
+    holes = ring(5, 30, centre=destination(*SPOT, 90.0, 3000.0), prefix="h", category="pothole")
+    far = destination(*SPOT, 180.0, 8000.0)
+    clock = [report(f"t{n}", 10 + 10 * n, *far) for n in range(30)]  # event time to 5 h later
+    driven = Driven(params)
+    events = driven.feed(sorted(lights + holes + clock, key=lambda r: (r.ts_ms, r.id)))
+    events += driven.detector.advance(T0_MS + 5 * 60 * MINUTE_MS)
+    resolved = {e.category for e in events if e.event == "resolved"}
+    opened_ = {e.category for e in events if e.event == "opened"}
+    assert opened_ == {"streetlight_out", "pothole"}
+    assert resolved == {"streetlight_out"}  # quiet after an hour; the pothole waits a week

@@ -174,7 +174,13 @@ def test_every_detector_parameter_is_a_config_key():
     assert _keys("surge") == _init_fields(SurgeParams)
     assert significance == _init_fields(SignificanceParams)
     assert categories == _init_fields(CategoryParams)
-    assert categories <= detection  # the defaults of every category
+    # every rule can be set per category; the unset ones fall back to [detection] and its
+    # significance section (the background's neighbourhood is the stream's)
+    assert categories - {"significance"} <= detection
+    own_significance = Settings.model_fields["detection"].annotation.model_fields["categories"]
+    own_significance = own_significance.annotation.__args__[1].model_fields["significance"]
+    own_significance = own_significance.annotation.__args__[0]  # CategorySignificance | None
+    assert set(own_significance.model_fields) == significance - {"neighbourhood_m"}
     # set in code rather than by a [detection] key of their name:
     assert _init_fields(DetectorParams) - detection == {"defaults", "taxonomy", "surge"}
 
@@ -204,7 +210,8 @@ def _config_keys_of_params():
             (lambda p, n=name: getattr(p.significance, n)),
         )
     for name in _init_fields(CategoryParams):
-        yield f"detection.{name}", CategoryParams(), lambda p, n=name: getattr(p.defaults, n)
+        if getattr(CategoryParams(), name) is not None:  # None: falls back to DetectorParams'
+            yield f"detection.{name}", CategoryParams(), lambda p, n=name: getattr(p.defaults, n)
     for name in _init_fields(DetectorParams) - not_keys:
         yield f"detection.{name}", DetectorParams(), lambda p, n=name: getattr(p, n)
 
@@ -280,6 +287,7 @@ def test_every_rule_of_the_detector_has_a_bad_value_case():
         for section, classes in PARAMS_OF_SECTION.items()
         for params in classes
         for name in bounds_of(params)
+        if getattr(params(), name) is not None  # a category's optional rule: [detection]'s
     }
     assert ruled == {key for key, _ in BAD_VALUES}
 
@@ -293,7 +301,12 @@ def test_a_value_out_of_range_is_refused_at_load_naming_the_key(tmp_path, key, v
 @pytest.mark.parametrize(("key", "value"), BAD_VALUES)
 def test_the_detector_refuses_the_same_values_naming_the_key(key, value):
     section, _, name = key.rpartition(".")
-    (params,) = [p for p in PARAMS_OF_SECTION[section] if name in _init_fields(p)]
+    # the dataclass whose field the key sets (a category's optional rule falls back to it)
+    (params,) = [
+        p
+        for p in PARAMS_OF_SECTION[section]
+        if name in _init_fields(p) and getattr(p(), name) is not None
+    ]
     if isinstance(value, list):
         value = tuple(value)
     with pytest.raises(ValueError, match=key.replace(".", r"\.") + " must be"):
@@ -388,3 +401,72 @@ def test_config_show_of_an_extended_taxonomy_loads_back_the_same(tmp_path):
     shown.write_text(render_toml(load_settings(path)))
     again = load_settings(shown).detector_params().taxonomy
     assert again == load_settings(path).detector_params().taxonomy
+
+
+def test_every_detection_rule_can_be_set_per_category_and_changes_only_it(tmp_path):
+    text = (
+        "[detection.categories.pothole]\n"
+        "threshold = 2\nwindow_s = 604800\nradius_m = 40\n"
+        "resolve_after_s = 604800\nupdate_interval_s = 3600\n\n"
+        "[detection.categories.pothole.significance]\n"
+        "max_false_per_day = 0.01\nstill_active_p = 0.05\n"
+    )
+    params = load_settings(write(tmp_path, text)).detector_params()
+    pothole = params.for_category("pothole")
+    assert (pothole.threshold, pothole.window_s, pothole.radius_m) == (2, 604800, 40)
+    assert params.resolve_after_ms_of("pothole") == 604_800_000
+    assert params.update_interval_ms_of("pothole") == 3_600_000
+    significance, budget = params.significance_of("pothole")
+    assert budget == 0.01 and significance.still_active_p == 0.05
+    assert significance.radii_m == params.significance.radii_m  # unset: [detection.significance]
+    # the other categories keep [detection]'s rules and an even share of the budget
+    assert params.resolve_after_ms_of("gas_leak") == 3_600_000
+    assert params.update_interval_ms_of("gas_leak") == 30_000
+    assert params.significance_of("gas_leak") == (params.significance, 1.0 / 8)
+    assert params.for_category("gas_leak") == params.defaults
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[detection.categories.pothole]\nresolve_after = 5\n", "resolve_after"),
+        ("[detection.categories.pothole.significance]\nneighbourhood_m = 500\n", "neighbourhood_m"),
+        ("[detection.categories.pothole]\nresolve_after_s = 0\n", "resolve_after_s"),
+    ],
+)
+def test_an_unknown_or_bad_category_rule_is_refused_naming_it(tmp_path, text, key):
+    with pytest.raises(
+        ConfigError, match=rf"detection\.categories\.pothole\.(significance\.)?{key}\b"
+    ):
+        load_settings(write(tmp_path, text))
+
+
+def test_config_show_prints_every_categorys_effective_rules_and_they_load_back(tmp_path):
+    from geoincident.stream.config import render_toml
+
+    text = (
+        "[detection]\nresolve_after_s = 1800\n\n"
+        "[detection.categories.pothole]\nresolve_after_s = 604800\n\n"
+        "[detection.categories.gas_leak.significance]\nmax_false_per_day = 0.5\n"
+    )
+    before = load_settings(write(tmp_path, text)).detector_params()
+    shown = render_toml(load_settings(write(tmp_path, text)))
+    assert shown.count("[detection.categories.") >= 2 * 8  # rules and significance, each
+    again = load_settings(write(tmp_path, shown)).detector_params()
+    for name in before.taxonomy.names:
+        assert again.resolve_after_ms_of(name) == before.resolve_after_ms_of(name)
+        assert again.update_interval_ms_of(name) == before.update_interval_ms_of(name)
+        (shown_rules, shown_budget), (rules, budget) = (
+            again.significance_of(name),
+            before.significance_of(name),
+        )
+        assert shown_budget == budget  # what the test uses of max_false_per_day
+        unbudgeted = {"max_false_per_day": 1.0}
+        assert dataclasses.replace(shown_rules, **unbudgeted) == dataclasses.replace(
+            rules, **unbudgeted
+        )
+        for key in ("threshold", "window_s", "radius_m"):
+            assert getattr(again.for_category(name), key) == getattr(before.for_category(name), key)
+    assert again.resolve_after_ms_of("pothole") == 604_800_000
+    assert again.resolve_after_ms_of("streetlight_out") == 1_800_000
+    assert again.significance_of("gas_leak")[1] == 0.5
