@@ -109,6 +109,13 @@ class Chance:
             counts.append(window_score(inside, start_ms, end_ms)[0])
         return judge(scales, counts, rate, area_rate, budget)
 
+    def confidence_factor(self, category: str, verdict: Verdict) -> float:
+        """How clearly a group stood out, for its confidence: budget / (budget + F), F its
+        chance openings per day (0 where the test is off or nothing like it happens by
+        chance)."""
+        budget = self.rules_of(category)[1]
+        return budget / (budget + verdict.false_per_day)
+
     def only_background(self, incident: Incident, now_ms: int) -> bool:
         """Whether the members an incident gained over the last `resolve_after` are no more
         than the background around it brings to any place its size: then nothing is happening

@@ -185,4 +185,5 @@ class Grouping:
             return None
         for member, _ in members:
             self._unfree(member)
-        return self.book.open(members, end_ms, trigger, category_params, clock_ms)
+        significance = self.chance.confidence_factor(trigger.category, verdict)
+        return self.book.open(members, end_ms, trigger, category_params, clock_ms, significance)

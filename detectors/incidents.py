@@ -91,8 +91,10 @@ class IncidentBook:
         trigger: Report,
         category_params: CategoryParams,
         clock_ms: int | None,
+        significance: float = 1.0,
     ) -> list[IncidentEvent]:
-        """An incident of these members (free reports no more), validated at validated_ms."""
+        """An incident of these members (free reports no more), validated at validated_ms;
+        `significance`: its confidence factor (lifecycle.confidence_of)."""
         params = self.params
         founder = members[0][0]  # members are in (event time, id) order
         category = founder.category
@@ -105,6 +107,8 @@ class IncidentBook:
             params.max_report_ids,
         )
         incident.seniority = (founder.ts_ms, founder.id)
+        incident.significance = significance
+        incident.reach_m = category_params.radius_m
         accuracy = self.accuracy
         for member, weight in members:
             incident.add(member, weight, accuracy(member.accuracy_m))

@@ -146,6 +146,8 @@ class IncidentState(_Base):
     surge_id: str | None
     anchor: tuple[float, float] | None
     recent_ts: list[int]
+    significance: float
+    reach_m: float
 
 
 class SurgeState(_Base):
@@ -369,6 +371,8 @@ def _incident_state(incident: Incident) -> IncidentState:
         surge_id=incident.surge_id,
         anchor=incident.anchor,
         recent_ts=incident.recent_ts,
+        significance=incident.significance,
+        reach_m=incident.reach_m,
     )
 
 
@@ -595,6 +599,8 @@ def _incident(saved: IncidentState) -> Incident:
             "surge_id": saved.surge_id,
             "anchor": saved.anchor,
             "recent_ts": saved.recent_ts,
+            "significance": saved.significance,
+            "reach_m": saved.reach_m,
         }
     )
     return incident

@@ -316,3 +316,41 @@ def test_a_categorys_own_quiet_time_keeps_its_incidents_open_and_only_its_own():
     opened_ = {e.category for e in events if e.event == "opened"}
     assert opened_ == {"streetlight_out", "pothole"}
     assert resolved == {"streetlight_out"}  # quiet after an hour; the pothole waits a week
+
+
+def test_confidence_rises_with_independent_weight_and_sources_and_falls_with_spread_and_chance():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from geoincident.detectors.lifecycle import confidence_of
+
+    def at(**changes):
+        base = {"score": 5.0, "threshold": 5.0, "significance": 1.0, "spread_m": 50.0}
+        base |= {"radius_m": 250.0, "sources": 1}
+        return confidence_of(**(base | changes))
+
+    positive = st.floats(0.01, 100.0)
+
+    @given(positive, positive, st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+    def monotone(a, b, s1, s2):
+        low, high = sorted((a, b))
+        assert at(score=low) <= at(score=high)
+        assert at(spread_m=low) >= at(spread_m=high)
+        assert at(significance=min(s1, s2)) <= at(significance=max(s1, s2))
+        assert 0.0 <= at(score=high, spread_m=low, significance=s1) <= 1.0
+
+    monotone()
+    assert [at(sources=k) for k in (1, 2, 3)] == sorted(at(sources=k) for k in (1, 2, 3))
+    assert at(sources=1) < at(sources=2)
+    assert at(score=5.0, spread_m=0.0) == 0.675  # the documented worked example
+
+
+def test_an_incident_reads_surer_with_more_reporters_and_less_sure_when_spread():
+    def first_opened(reports):
+        return opened(run(reports))[0].confidence
+
+    tight = first_opened(ring(5, 10))
+    spread = first_opened(ring(5, 120))
+    assert spread < tight
+    grown = [e for e in run(ring(9, 10, step_minutes=0.5)) if e.event != "resolved"][-1]
+    assert grown.independent_reporters == 9 and grown.confidence > tight
