@@ -8,6 +8,7 @@ from geoincident.detectors.events import IncidentEvent
 from geoincident.detectors.incidents import IncidentBook
 from geoincident.detectors.params import DetectorParams
 from geoincident.detectors.report import Report
+from geoincident.detectors.reputation import Reputation
 from geoincident.detectors.surge import SurgeDetector
 from geoincident.detectors.timefmt import parse_rfc3339_ms
 
@@ -15,9 +16,17 @@ from geoincident.detectors.timefmt import parse_rfc3339_ms
 class Dispatcher:
     """Applies actions; holds the blocks and the source weights."""
 
-    def __init__(self, params: DetectorParams, book: IncidentBook, surge: SurgeDetector) -> None:
+    def __init__(
+        self,
+        params: DetectorParams,
+        book: IncidentBook,
+        surge: SurgeDetector,
+        reputation: Reputation,
+    ) -> None:
         self.book = book
         self.surge = surge
+        self.reputation = reputation
+        self.reputation_on = params.reputation.enabled
         # blocked reporter/device -> what the detector had processed (drained) when the block
         # came (None: nothing yet): reports processed before it counted, and count again
         # after a restart
@@ -26,9 +35,11 @@ class Dispatcher:
         self.source_weights = dict(params.source_weights)
 
     def weight(self, report: Report, processed_before_restart: bool = False) -> float:
-        """A report's weight: its source's, or 0 once its reporter or device is blocked. Read
-        again after a restart, a report gets the weight it had when it was first processed: a
-        block counts only for reports past what had been processed when it came."""
+        """A report's weight: its source's times its reporter's reputation (at the report's
+        event time), or 0 once its reporter or device is blocked. Read again after a restart,
+        a report gets the weight it had when it was first processed as far as blocks go: a
+        block counts only for reports past what had been processed when it came (reputation
+        is the checkpoint's, see docs/design.md)."""
         if self.blocked_reporters or self.blocked_devices:
             for blocked, key in (
                 (self.blocked_reporters, report.reporter),
@@ -38,13 +49,16 @@ class Dispatcher:
                     since = blocked[key]
                     if not processed_before_restart or since is None or report.ts_ms >= since:
                         return 0.0
-        if report.source is None:
-            return 1.0
-        return self.source_weights.get(report.source, 1.0)
+        source = 1.0 if report.source is None else self.source_weights.get(report.source, 1.0)
+        if self.reputation_on:
+            return self.reputation.weight(report.reporter, source, report.ts_ms)
+        return source
 
     def block(self, reporter: str | None, device: str | None, drained_ms: int | None) -> None:
         """From now on, reports of this reporter/device count for nothing anywhere."""
         if reporter and reporter not in self.blocked_reporters:
+            # (reputation is left alone: the weight is 0 for good, and a record made now would
+            # change the weight the reports processed before the block are rebuilt with)
             self.blocked_reporters[reporter] = drained_ms
         if device and device not in self.blocked_devices:
             self.blocked_devices[device] = drained_ms
@@ -80,5 +94,9 @@ class Dispatcher:
         if kind == "reopen":
             return [book.reopen(incident, at_ms)]
         if kind == "flag_report":
-            return [book.flag(incident, action.report_id or "", at_ms)]
+            member = incident.members.get(action.report_id or "")
+            events = [book.flag(incident, action.report_id or "", at_ms)]
+            if member is not None:  # flagged: their next reports count for less at once
+                self.reputation.flagged(member.reporter, at_ms)
+            return events
         raise ActionError("bad_action", f"unknown action {kind!r}")

@@ -30,6 +30,7 @@ from geoincident.detectors.incidents import UPDATE, IncidentBook
 from geoincident.detectors.lifecycle import Incident
 from geoincident.detectors.params import DetectorParams
 from geoincident.detectors.report import Report
+from geoincident.detectors.reputation import Reputation
 from geoincident.detectors.surge import SurgeDetector
 from geoincident.detectors.taxonomy import UNCLASSIFIED
 from geoincident.detectors.timers import Timers
@@ -38,6 +39,9 @@ ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 UNCLASSIFIED_OUTCOME = "unclassified"
 TOO_LATE = "too_late"
+
+
+REPUTATION_SWEEP_MS = 10 * 60_000
 
 
 class Observed(NamedTuple):
@@ -81,9 +85,16 @@ class Detector:
         )
         accuracy = AccuracyWeights(params.default_accuracy_m, params.accuracy_floor_m)
         self.chance = Chance(params, self.surge)
+        self.reputation = Reputation(params.reputation)
+        # reporters whose history has faded are forgotten at the first report processed at or
+        # after this event time (every REPUTATION_SWEEP_MS): a time in the ordered loop, so the
+        # same input forgets at the same point however it was cut into batches
+        self._reputation_sweep_ms = 0
         self.book = IncidentBook(params, self.timers, self.surge, self.chance, accuracy, self._seen)
-        self.grouping = Grouping(params, self.book, self.chance, accuracy, self._seen)
-        self.dispatcher = Dispatcher(params, self.book, self.surge)
+        self.grouping = Grouping(
+            params, self.book, self.chance, accuracy, self._seen, self.reputation
+        )
+        self.dispatcher = Dispatcher(params, self.book, self.surge, self.reputation)
 
     # ------------------------------------------------------------------ public surface
 
@@ -193,6 +204,8 @@ class Detector:
             "first_ms": self.chance.first_ms,
             "chance_groups": self.grouping.chance_groups,
             "surge": self.surge.snapshot(),
+            "reputation": self.reputation.snapshot(),
+            "reputation_sweep_ms": self._reputation_sweep_ms,
         }
 
     def restore(self, snapshot: dict) -> None:
@@ -208,6 +221,8 @@ class Detector:
         self.chance.first_ms = snapshot["first_ms"]
         self.grouping.chance_groups = snapshot["chance_groups"]
         self.surge.restore(snapshot["surge"])
+        self.reputation.restore(snapshot["reputation"])
+        self._reputation_sweep_ms = snapshot["reputation_sweep_ms"]
 
     def rebuild(self, reports: Iterable[Report]) -> None:
         """Refill the windows (local and surge) with reports read again after a restart;
@@ -293,7 +308,11 @@ class Detector:
         expiry = grouping.expiry
         dispatcher = self.dispatcher
         weight_of = dispatcher.weight
-        blocking = bool(dispatcher.blocked_reporters or dispatcher.blocked_devices)
+        # the source's weight alone, unless a block or reputation may lower it
+        blocking = bool(
+            dispatcher.blocked_reporters or dispatcher.blocked_devices or dispatcher.reputation_on
+        )
+        reputation_on = dispatcher.reputation_on
         source_weights = dispatcher.source_weights
         while True:
             if (
@@ -313,6 +332,11 @@ class Detector:
                     self.clock_ms = clock = ts_ms
                     if expiry and expiry[0][0] < ts_ms:
                         forget(ts_ms)
+                    if reputation_on and ts_ms >= self._reputation_sweep_ms:
+                        self.reputation.forget(ts_ms)
+                        self._reputation_sweep_ms = (
+                            ts_ms // REPUTATION_SWEEP_MS + 1
+                        ) * REPUTATION_SWEEP_MS
                 if surge_on:
                     if surge.due_by(ts_ms):
                         events.extend(surge.advance(ts_ms))

@@ -12,6 +12,7 @@ from geoincident.detectors.events import IncidentEvent
 from geoincident.detectors.incidents import IncidentBook
 from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.report import Report
+from geoincident.detectors.reputation import Reputation
 from geoincident.geo.distance import WeightedCentroid
 
 
@@ -25,8 +26,13 @@ class Grouping:
         chance: Chance,
         accuracy: AccuracyWeights,
         seen: dict[str, Cluster | Report | None],
+        reputation: Reputation,
     ) -> None:
         self.params = params
+        # a report that joins an incident corroborates its reporter; one that leaves its
+        # window free does not (detectors/reputation.py)
+        self.reputation = reputation
+        self.reputation_on = params.reputation.enabled
         self.book = book
         self.chance = chance
         self.accuracy = accuracy
@@ -65,6 +71,8 @@ class Grouping:
             chance.first_ms = report.ts_ms
         cluster = self.book.nearest(report, category_params.radius_m)
         if cluster is not None:
+            if self.reputation_on:
+                self.reputation.corroborated(report.reporter, report.ts_ms)
             return self.book.join(cluster, report, weight, clock_ms)
         self._free(report, weight)
         return self._try_open(report, late, category_params, clock_ms)
@@ -96,8 +104,9 @@ class Grouping:
         expiry = self.expiry
         heappop = heapq.heappop
         seen = self.seen
+        reputation = self.reputation if self.reputation_on else None
         while expiry and expiry[0][0] < now_ms:
-            report = heappop(expiry)[2]
+            left_ms, _, report = heappop(expiry)
             owner = seen.pop(report.id, None)
             if owner is None:
                 continue
@@ -105,6 +114,8 @@ class Grouping:
                 owner.remove_id(report.id)  # type: ignore[union-attr]
             else:
                 self._unfree(report)
+                if reputation is not None:  # it never found company
+                    reputation.uncorroborated(report.reporter, left_ms)
 
     def _free(self, report: Report, weight: float) -> None:
         """A report no incident took: it waits for company, and is background meanwhile
@@ -185,5 +196,9 @@ class Grouping:
             return None
         for member, _ in members:
             self._unfree(member)
+        if self.reputation_on:
+            corroborated = self.reputation.corroborated
+            for member, _ in members:
+                corroborated(member.reporter, member.ts_ms)
         significance = self.chance.confidence_factor(trigger.category, verdict)
         return self.book.open(members, end_ms, trigger, category_params, clock_ms, significance)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from geoincident.detectors.bounds import bounded, check
+from geoincident.detectors.reputation import ReputationParams
 from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
 from geoincident.detectors.taxonomy import Taxonomy
@@ -59,6 +60,7 @@ class DetectorParams:
     geofences: Geofences | None = None
     surge: SurgeParams = SurgeParams()
     significance: SignificanceParams = SignificanceParams()
+    reputation: ReputationParams = ReputationParams()
 
     def __post_init__(self) -> None:
         check(self, "detection")

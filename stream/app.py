@@ -397,6 +397,7 @@ class Worker:
             open_incidents=open_by_category,
             event_time_lag_s=self.core.event_time_lag_s(current),
             chance_groups=detector.chance_groups,
+            reputation=detector.reputation.summary(),
         )
         topic = self.settings.topics.reports
         lags: dict[tuple[str, int], int] = {}

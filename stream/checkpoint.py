@@ -220,6 +220,9 @@ class DetectorState(_Base):
     first_ms: int | None
     chance_groups: int
     surge: SurgeDetectorState
+    # reporter -> (corroborated, uncorroborated, flagged, decayed to this event time)
+    reputation: dict[str, tuple[float, float, float, int]]
+    reputation_sweep_ms: int
 
 
 class PartitionState(_Base):
@@ -324,6 +327,8 @@ def _detector_state(snapshot: dict) -> DetectorState:
         first_ms=snapshot["first_ms"],
         chance_groups=snapshot["chance_groups"],
         surge=_surge_detector_state(snapshot["surge"]),
+        reputation=snapshot["reputation"],
+        reputation_sweep_ms=snapshot["reputation_sweep_ms"],
     )
 
 
@@ -550,6 +555,8 @@ def _detector_dict(state: DetectorState) -> dict:
         "first_ms": state.first_ms,
         "chance_groups": state.chance_groups,
         "surge": _surge_detector_dict(state.surge),
+        "reputation": state.reputation,
+        "reputation_sweep_ms": state.reputation_sweep_ms,
     }
 
 

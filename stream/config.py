@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from geoincident.detectors.bounds import Bounds, bounds_of
 from geoincident.detectors.params import CategoryParams, DetectorParams
+from geoincident.detectors.reputation import ReputationParams
 from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
 from geoincident.detectors.taxonomy import DEFAULT_TAXONOMY, Category, Taxonomy
@@ -169,6 +170,9 @@ def _default_taxonomy() -> dict[str, TaxonomyEntry]:
 
 
 SurgeConfig = create_model("SurgeConfig", __base__=_Section, **_config_fields(SurgeParams))
+ReputationConfig = create_model(
+    "ReputationConfig", __base__=_Section, **_config_fields(ReputationParams)
+)
 
 
 class WorkerConfig(_Section):
@@ -208,6 +212,7 @@ class Settings(BaseSettings):
     detection: DetectionConfig = DetectionConfig()
     taxonomy: dict[str, TaxonomyEntry] = Field(default_factory=_default_taxonomy)
     surge: SurgeConfig = SurgeConfig()
+    reputation: ReputationConfig = ReputationConfig()
     worker: WorkerConfig = WorkerConfig()
 
     @field_validator("taxonomy", mode="before")
@@ -300,6 +305,7 @@ class Settings(BaseSettings):
                 geofences=geofences,
                 surge=SurgeParams(**self.surge.model_dump()),
                 significance=significance,
+                reputation=ReputationParams(**self.reputation.model_dump()),
             )
         except ValueError as exc:  # its message names the key
             raise ConfigError(str(exc)) from None

@@ -15,6 +15,7 @@ pre-bound children, so the cost is a few dict lookups per batch, not per report.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -162,6 +163,22 @@ class WorkerMetrics:
             registry=registry,
         )
         self._chance_groups_seen: int | None = None
+        self.reporters_tracked = Gauge(
+            "geoincident_reporters_tracked",
+            "Reporters with a reputation history (faded ones are forgotten).",
+            registry=registry,
+        )
+        self.reporters_low_weight = Gauge(
+            "geoincident_reporters_low_weight",
+            "Reporters whose reputation multiplies their reports' weight by less than 0.5 "
+            "(as of the last sweep, every 10 minutes of event time).",
+            registry=registry,
+        )
+        self.reporter_weight_mean = Gauge(
+            "geoincident_reporter_weight_mean",
+            "Mean reputation multiplier of the reporters tracked (as of the last sweep).",
+            registry=registry,
+        )
         self.state_reports = Gauge(
             "geoincident_state_reports",
             "Reports held in detector state (they live for window + allowed lateness).",
@@ -275,6 +292,7 @@ class WorkerMetrics:
         open_incidents: Mapping[str, int] | None = None,
         event_time_lag_s: float | None = None,
         chance_groups: int | None = None,
+        reputation: Mapping[str, Any] | None = None,
     ) -> None:
         """Publish the detector's state size; arguments left as None keep their last value.
 
@@ -287,6 +305,10 @@ class WorkerMetrics:
             if seen is not None and chance_groups > seen:
                 self.chance_groups_total.inc(chance_groups - seen)
             self._chance_groups_seen = chance_groups
+        if reputation is not None:  # detectors/reputation.py Reputation.summary()
+            self.reporters_tracked.set(reputation["reporters"])
+            self.reporters_low_weight.set(reputation["below_half"])
+            self.reporter_weight_mean.set(reputation["mean_multiplier"])
         if active_cells is not None:
             self.active_cells.set(active_cells)
         if state_reports is not None:

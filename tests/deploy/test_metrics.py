@@ -49,6 +49,9 @@ def test_contract_metrics_exist_with_their_types() -> None:
     assert found["geoincident_active_cells"] == "gauge"
     assert found["geoincident_state_reports"] == "gauge"
     assert found["geoincident_chance_groups"] == "counter"
+    assert found["geoincident_reporters_tracked"] == "gauge"
+    assert found["geoincident_reporters_low_weight"] == "gauge"
+    assert found["geoincident_reporter_weight_mean"] == "gauge"
     assert found["geoincident_consumer_lag"] == "gauge"
     assert found["geoincident_build_info"] == "gauge"
 
@@ -208,3 +211,12 @@ def test_workers_in_one_process_do_not_share_counts() -> None:
     first, second = WorkerMetrics(), WorkerMetrics()
     first.count_outcomes({"accepted": 5})
     assert value(second, "geoincident_reports_total", outcome="accepted") == 0
+
+
+def test_reputation_gauges_show_the_detectors_summary() -> None:
+    metrics = WorkerMetrics(categories=CATEGORIES)
+    summary = {"reporters": 12, "below_half": 3, "at_floor": 1, "mean_multiplier": 0.9}
+    metrics.set_state(reputation=summary)
+    assert value(metrics, "geoincident_reporters_tracked") == 12
+    assert value(metrics, "geoincident_reporters_low_weight") == 3
+    assert value(metrics, "geoincident_reporter_weight_mean") == 0.9

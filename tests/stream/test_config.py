@@ -8,6 +8,7 @@ import pytest
 
 from geoincident.detectors.bounds import bounds_of
 from geoincident.detectors.params import CategoryParams, DetectorParams
+from geoincident.detectors.reputation import ReputationParams
 from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
 from geoincident.stream.config import ConfigError, Settings, load_settings
@@ -182,7 +183,13 @@ def test_every_detector_parameter_is_a_config_key():
     own_significance = own_significance.annotation.__args__[0]  # CategorySignificance | None
     assert set(own_significance.model_fields) == significance - {"neighbourhood_m"}
     # set in code rather than by a [detection] key of their name:
-    assert _init_fields(DetectorParams) - detection == {"defaults", "taxonomy", "surge"}
+    assert _init_fields(DetectorParams) - detection == {
+        "defaults",
+        "taxonomy",
+        "surge",
+        "reputation",
+    }
+    assert _keys("reputation") == _init_fields(ReputationParams)
 
 
 def _changed(value):
@@ -201,8 +208,11 @@ def _changed(value):
 def _config_keys_of_params():
     """(config key, default parameters, where the loaded value lands) for every parameter."""
     not_keys = {"categories", "significance", "geofences", "defaults", "taxonomy", "surge"}
+    not_keys.add("reputation")
     for name in _init_fields(SurgeParams):
         yield f"surge.{name}", SurgeParams(), lambda p, n=name: getattr(p.surge, n)
+    for name in _init_fields(ReputationParams):
+        yield f"reputation.{name}", ReputationParams(), lambda p, n=name: getattr(p.reputation, n)
     for name in _init_fields(SignificanceParams):
         yield (
             f"detection.significance.{name}",
@@ -251,6 +261,13 @@ BAD_VALUES = [
     ("detection.significance.neighbourhood_m", 50_001),
     ("detection.significance.still_active_p", 0),
     ("detection.significance.still_active_p", 1),
+    ("reputation.prior", 0.1),
+    ("reputation.prior", 1.5),
+    ("reputation.prior_reports", 0),
+    ("reputation.half_life_days", 0),
+    ("reputation.floor", 0),
+    ("reputation.floor", 1.5),
+    ("reputation.flag_cost", 0.5),
     ("surge.region_resolution", -1),
     ("surge.region_resolution", 16),
     ("surge.short_window_s", 0),
@@ -267,6 +284,7 @@ BAD_VALUES = [
 # Checked by the dataclass of the detector, in the same form
 PARAMS_OF_SECTION = {
     "surge": (SurgeParams,),
+    "reputation": (ReputationParams,),
     "detection.significance": (SignificanceParams,),
     "detection": (CategoryParams, DetectorParams),
 }
