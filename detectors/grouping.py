@@ -60,15 +60,7 @@ class Grouping:
     ) -> list[IncidentEvent]:
         """A report the watermark passed (`late`: one that came behind it), at the detector's
         clock: it joins an incident, or waits free and may open one."""
-        category = report.category
-        category_params = self._category_params.get(category) or self.params_of(category)
-        self._expiry_seq += 1
-        heapq.heappush(
-            self.expiry, (report.ts_ms + category_params.window_ms, self._expiry_seq, report)
-        )
-        chance = self.chance
-        if chance.first_ms is None or report.ts_ms < chance.first_ms:
-            chance.first_ms = report.ts_ms
+        category_params = self._enter_window(report)
         cluster = self.book.nearest(report, category_params.radius_m)
         if cluster is not None:
             if self.reputation_on:
@@ -80,14 +72,7 @@ class Grouping:
     def replay(self, report: Report, weight: float, restored_members: dict[str, Cluster]) -> None:
         """A report read again after a restart goes back where it was: into its incident's
         window (the checkpoint lists members) or among the free reports. Nothing is decided."""
-        category_params = self.params_of(report.category)
-        self._expiry_seq += 1
-        heapq.heappush(
-            self.expiry, (report.ts_ms + category_params.window_ms, self._expiry_seq, report)
-        )
-        chance = self.chance
-        if chance.first_ms is None or report.ts_ms < chance.first_ms:
-            chance.first_ms = report.ts_ms
+        category_params = self._enter_window(report)
         cluster = restored_members.get(report.id)
         if cluster is None:
             # incidents too large to list every member fall back to the distance rule
@@ -97,6 +82,20 @@ class Grouping:
             self.seen[report.id] = cluster
         else:
             self._free(report, weight)
+
+    def _enter_window(self, report: Report) -> CategoryParams:
+        """A processed report is held until it leaves its category's window (and counts for
+        the event time seen, which rates are divided by); returns the category's rules."""
+        category = report.category
+        category_params = self._category_params.get(category) or self.params_of(category)
+        self._expiry_seq += 1
+        heapq.heappush(
+            self.expiry, (report.ts_ms + category_params.window_ms, self._expiry_seq, report)
+        )
+        chance = self.chance
+        if chance.first_ms is None or report.ts_ms < chance.first_ms:
+            chance.first_ms = report.ts_ms
+        return category_params
 
     def forget(self, now_ms: int) -> None:
         """Reports that left every window before now_ms: out of their incident's window, or

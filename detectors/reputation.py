@@ -198,20 +198,7 @@ class Reputation:
         if not self._enabled:
             return source_weight
         entry = self._state.get(reporter)
-        if entry is None:
-            m = self._prior
-        else:  # _multiplier, inlined
-            c, u, f, at_ms = entry
-            penalty = u + self._flag_cost * f
-            if now_ms > at_ms:
-                d = exp2((at_ms - now_ms) * self._per_ms)
-                c *= d
-                penalty *= d
-            m = (self._prior_mass + c) / (self._n0 + c + penalty)
-            if m > 1.0:
-                m = 1.0
-            elif m < self._floor:
-                m = self._floor
+        m = self._prior if entry is None else self._multiplier(entry, now_ms)
         w = source_weight * m
         return w if w < source_weight else source_weight
 

@@ -26,7 +26,7 @@ from geoincident.stream.checkpoint import (
     encode,
 )
 from geoincident.stream.runtime import WorkerCore
-from tests.builders import MINUTE_MS, SPOT, T0_MS, report, ring
+from tests.builders import MINUTE_MS, SPOT, T0_MS, line, report, ring
 from tests.detectors.test_surge import REGION, background, burst, clock_start
 
 PARTITIONS = (0, 1)
@@ -60,21 +60,6 @@ def _stream() -> list[Report]:
     return sorted(reports, key=lambda r: (r.ts_ms, r.id))
 
 
-def _value(r: Report) -> bytes:
-    body = {
-        "id": r.id,
-        "ts": r.ts_ms,
-        "lat": r.lat,
-        "lon": r.lon,
-        "reporter": r.reporter,
-        "category": r.category,
-        "source": r.source,
-        "device": r.device,
-        "lang": r.lang,
-    }
-    return orjson.dumps({k: v for k, v in body.items() if v is not None})
-
-
 class Worker:
     """A WorkerCore fed like the worker feeds it: batches per partition, actions between."""
 
@@ -93,7 +78,7 @@ class Worker:
             records = []
             for n, r in enumerate(batch):
                 if n % len(PARTITIONS) == partition:
-                    value = _value(r)
+                    value = line(r)
                     records.append((len(self.values[partition]), value, r.ts_ms))
                     self.values[partition].append(value)
             self._take(self.core.on_reports(partition, records, self.now_ms))

@@ -4,26 +4,13 @@ import orjson
 
 from geoincident.detectors import DetectorParams
 from geoincident.stream.runtime import WorkerCore
-from tests.builders import MINUTE_MS, T0_MS, report, ring
+from tests.builders import MINUTE_MS, T0_MS, line, report, ring
 
 NOW_MS = T0_MS + 24 * 60 * MINUTE_MS
 
 
-def _value(r) -> bytes:
-    return orjson.dumps(
-        {
-            "id": r.id,
-            "ts": r.ts_ms,
-            "lat": r.lat,
-            "lon": r.lon,
-            "reporter": r.reporter,
-            "category": r.category,
-        }
-    )
-
-
 def _records(reports, start_offset=0):
-    return [(start_offset + n, _value(r), NOW_MS) for n, r in enumerate(reports)]
+    return [(start_offset + n, line(r), NOW_MS) for n, r in enumerate(reports)]
 
 
 def test_a_backlog_on_one_partition_does_not_make_the_other_too_late():
