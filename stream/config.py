@@ -184,6 +184,58 @@ class WorkerConfig(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class ConsoleConfig(_Section):
+    """`geoincident console`: the dispatchers' web page and its JSON API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Bearer tokens that may act (one per line; `#` comments); GEOINCIDENT_CONSOLE_TOKEN adds
+    # one. No token at all: every action is refused.
+    token_file: str | None = None
+    # true: reading (the page, the API, the feeds) needs a token too
+    read_protected: bool = False
+    # a street basemap, e.g. "https://tile.example.org/{z}/{x}/{y}.png"; none: the offline map
+    tile_url: str | None = None
+    consumer_group: str = "geoincident-console"
+
+
+class WebhookConfig(_Section):
+    """One receiver of incident events, and which events go to it."""
+
+    name: str
+    url: str
+    format: Literal["json", "slack"] = "json"
+    # each empty list: every value; `surges` is where surge events go, and whether the local
+    # incidents of an open surge go too ("separately": yes, "no": filed under their surge)
+    kinds: list[Literal["local", "surge"]] = Field(default_factory=list)
+    events: list[Literal["opened", "updated", "resolved"]] = Field(default_factory=list)
+    categories: list[str] = Field(default_factory=list)
+    jurisdictions: list[str] = Field(default_factory=list)
+    surge_members: Literal["separately", "no"] = "no"
+
+
+class Open311Config(_Section):
+    """A city's GeoReport v2 endpoint: one service request per validated incident."""
+
+    endpoint: str  # the base URL; requests go to <endpoint>/requests.json
+    jurisdiction_id: str | None = None
+    api_key_file: str | None = None  # or GEOINCIDENT_OPEN311_API_KEY
+    service_codes: dict[str, str] = Field(default_factory=dict)  # category -> service_code
+
+
+class NotifyConfig(_Section):
+    """`geoincident notify`: incident events pushed to where dispatchers work."""
+
+    consumer_group: str = "geoincident-notify"
+    state_dir: str = "./geoincident-notify"
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_initial_s: float = Field(default=1.0, gt=0)
+    backoff_max_s: float = Field(default=300.0, gt=0)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    open311: Open311Config | None = None
+
+
 _file_document: ContextVar[dict[str, Any] | None] = ContextVar(
     "geoincident_config_file", default=None
 )
@@ -214,6 +266,8 @@ class Settings(BaseSettings):
     surge: SurgeConfig = SurgeConfig()
     reputation: ReputationConfig = ReputationConfig()
     worker: WorkerConfig = WorkerConfig()
+    console: ConsoleConfig = ConsoleConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @field_validator("taxonomy", mode="before")
     @classmethod
@@ -382,6 +436,8 @@ def load_settings(
 # Flag twins that the command line reads itself (CONTRACT §5); not config keys.
 FLAG_VARIABLES = {
     "CONFIG",
+    "CONSOLE_TOKEN",
+    "OPEN311_API_KEY",
     "BROKERS",
     "WEB_PORT",
     "SEED",
@@ -445,11 +501,15 @@ def render_toml(settings: Settings) -> str:
         data["kafka"]["sasl_password"] = "***"
     lines: list[str] = []
 
-    def emit_table(prefix: str, table: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    def is_tables(value: Any) -> bool:  # a non-empty list of tables: [[prefix.key]] each
+        return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+    def emit_table(prefix: str, table: dict[str, Any], header: str = "[{}]") -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict) and not is_tables(v)}
         nested = {k: v for k, v in table.items() if isinstance(v, dict)}
-        if scalars or not nested:
-            lines.append(f"[{prefix}]")
+        arrays = {k: v for k, v in table.items() if is_tables(v)}
+        if scalars or not (nested or arrays):
+            lines.append(header.format(prefix))
             for key, value in scalars.items():
                 if value is None:
                     lines.append(f"# {key} = (unset)")
@@ -458,6 +518,9 @@ def render_toml(settings: Settings) -> str:
             lines.append("")
         for key, value in nested.items():
             emit_table(f"{prefix}.{_toml_key(key)}", value)
+        for key, items in arrays.items():
+            for item in items:
+                emit_table(f"{prefix}.{_toml_key(key)}", item, "[[{}]]")
 
     for section, table in data.items():
         emit_table(section, table)
