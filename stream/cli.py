@@ -160,6 +160,38 @@ def worker(
 
 
 @app.command()
+def console(
+    config: ConfigOption = None,
+    brokers: BrokersOption = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", envvar="GEOINCIDENT_CONSOLE__PORT", help="Port of the page."),
+    ] = None,
+) -> None:
+    """The dispatchers' live web page and its JSON API (its own process; any number of
+    workers): incidents from the `incidents` topic, actions to `incident-actions`."""
+    settings = settings_from(config, {"kafka.brokers": brokers, "console.port": port})
+    from geoincident.stream.console import run
+
+    configure_logging(settings.worker.log_level)
+    raise typer.Exit(run(settings))
+
+
+@app.command()
+def notify(
+    config: ConfigOption = None,
+    brokers: BrokersOption = None,
+) -> None:
+    """Push incident events to webhooks (JSON or Slack) and a city's Open311 endpoint, as
+    `[notify]` routes them: its own process and consumer group, at least once, deduplicated."""
+    settings = settings_from(config, {"kafka.brokers": brokers})
+    from geoincident.stream.notify import run
+
+    configure_logging(settings.worker.log_level)
+    raise typer.Exit(run(settings))
+
+
+@app.command()
 def demo(
     brokers: BrokersOption = None,
     speed: Annotated[

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
     console = Console(highlight=False, soft_wrap=True)
     workdir = Path(tempfile.mkdtemp(prefix="geoincident-demo-"))
     broker: EmbeddedBroker | None = None
-    worker = simulator = None
+    worker = simulator = console_process = None
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -91,6 +92,17 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
             ["worker", "--brokers", brokers, "--web-port", str(web_port)],
             workdir / "worker.log",
             env,
+        )
+        # the dispatchers' console, with a token for this run (actions need one)
+        console_port = free_tcp_port()
+        token = os.environ.get("GEOINCIDENT_CONSOLE_TOKEN") or secrets.token_urlsafe(12)
+        console_process = _spawn(
+            ["console", "--brokers", brokers, "--port", str(console_port)],
+            workdir / "console.log",
+            {**env, "GEOINCIDENT_CONSOLE_TOKEN": token},
+        )
+        console.print(
+            f"[bold]console http://127.0.0.1:{console_port}/[/bold]  (token for actions: {token})"
         )
         simulator = _spawn(
             [
@@ -126,6 +138,7 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
     finally:
         console.print("stopping: simulator, worker, broker ...")
         _stop(simulator, 5.0)
+        _stop(console_process, 5.0)
         _stop(worker, 15.0)
         if broker is not None:
             broker.stop()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,11 @@ def test_demo_shows_a_first_incident_within_60_s_and_stops_cleanly_on_sigint(tmp
         assert first_incident_s is not None, "no incident within 60 s:\n" + "".join(output)
         broker = re.search(r"broker (127\.0\.0\.1:\d+)", "".join(output)).group(1)
         assert "districts (jurisdictions) from" in "".join(output)
+        # the dispatchers' console comes first, and answers
+        assert output[0].startswith("console http://127.0.0.1:"), output[0]
+        url = re.search(r"console (http://127\.0\.0\.1:\d+/)", output[0]).group(1)
+        with urllib.request.urlopen(url + "api/incidents", timeout=10) as answer:
+            assert answer.status == 200
         districts = ("Southwest", "South Central", "Southeast", "Northwest", "North Central")
         # the opened line names the incident's district, or "-" outside every district
         assert re.search(r"  (" + "|".join(districts) + r"|Northeast|-)  \d+ reporters", line)

@@ -1,0 +1,432 @@
+"""The dispatchers' console end to end: a real broker (Tansu), a real `geoincident worker`
+subprocess, the console in a subprocess of its own (`geoincident.stream.console.run`) and the
+page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+Clusters of reports are planted while the page is open: the incidents the worker opens appear
+without a reload; Acknowledge, Assign and Resolve clicked on the page reach the worker through
+`incident-actions`, and the events it answers with show on the page and on `incidents`. A
+screenshot of the page with live incidents is saved to docs/console.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from geoincident.geo import destination
+from geoincident.stream.broker import free_tcp_port
+from tests.integration.workers import WorkerProcess, create_topics, produce, topic_names
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "console.png"
+DISTRICTS = ROOT / "deploy" / "examples" / "districts.geojson"
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "console-test-token-4b1d"
+CENTRE = (47.6062, -122.3321)
+# (category, bearing from the centre in degrees, distance in metres)
+PLACES = [
+    ("pothole", 0.0, 0.0),
+    ("streetlight_out", 300.0, 3200.0),
+    ("road_flooding", 150.0, 3600.0),
+    ("downed_tree", 60.0, 2800.0),
+    ("traffic_signal_out", 230.0, 2400.0),
+    ("water_main_break", 100.0, 4200.0),
+    ("gas_leak", 200.0, 4600.0),
+    ("power_outage", 20.0, 5200.0),
+]
+
+
+class Tail:
+    """Every value of a topic, read in a thread of its own while the test runs."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.values: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100)
+                for messages in batch.values():
+                    self.values.extend(orjson.loads(m.value) for m in messages)
+        finally:
+            await consumer.stop()
+
+    def __enter__(self) -> Tail:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def wait_for(self, predicate, timeout_s: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for value in list(self.values):
+                if predicate(value):
+                    return value
+            time.sleep(0.1)
+        raise AssertionError(f"no such event on {self.topic} in {timeout_s} s: {self.values}")
+
+
+def _reports(now_ms: int) -> list[bytes]:
+    """Five reporters within 30 m of each place, about three minutes ago, then one report now
+    far away, which moves event time past them: one incident opens per place."""
+    values = []
+    for p, (category, bearing, distance) in enumerate(PLACES):
+        centre = destination(*CENTRE, bearing, distance) if distance else CENTRE
+        for n in range(5):
+            lat, lon = destination(*centre, 72.0 * n, 25.0)
+            values.append(
+                {
+                    "id": f"p{p}-r{n}",
+                    "ts": now_ms - 3 * 60_000 + n * 5_000,
+                    "lat": lat,
+                    "lon": lon,
+                    "reporter": f"p{p}-user{n}",
+                    "source": ("app", "app", "phone", "web", "app")[n],
+                    "tags": [f"#{category}"],
+                }
+            )
+    values.append(
+        {
+            "id": "far",
+            "ts": now_ms,
+            "lat": 47.0,
+            "lon": -121.0,
+            "reporter": "far",
+            "tags": ["#pothole"],
+        }
+    )
+    return [orjson.dumps(v) for v in values]
+
+
+class ConsoleProcess:
+    """`geoincident.stream.console.run` in a subprocess, with the worker's topics."""
+
+    def __init__(self, bootstrap: str, env: dict[str, str], workdir: Path) -> None:
+        self.port = free_tcp_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "console.log"
+        self.env = {
+            **env,
+            "GEOINCIDENT_KAFKA__BROKERS": bootstrap,
+            "GEOINCIDENT_CONSOLE_TOKEN": TOKEN,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ConsoleProcess:
+        code = (
+            "import sys; from geoincident.stream.config import load_settings; "
+            "from geoincident.stream.console import run; "
+            "sys.exit(run(load_settings(), port=int(sys.argv[1])))"
+        )
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        return self
+
+    def status(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/api/status", timeout=2) as response:
+            return orjson.loads(response.read())
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.tail()
+            try:
+                if self.status()["caught_up"]:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the console did not come up in {timeout_s} s\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _in_thread(function, *args):
+    """Kafka helpers run their own event loop; Playwright's sync API holds one in this thread."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(function, *args).result()
+
+
+def test_the_console_shows_live_incidents_and_acts_on_them(bootstrap, topic_name, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    assert os.access(CHROMIUM, os.X_OK), (
+        f"{CHROMIUM} is missing: scripts/system-deps installs Debian's chromium"
+    )
+    expect = sync_api.expect
+
+    names = topic_names(topic_name, 1)
+    _in_thread(create_topics, bootstrap, names)
+    worker = WorkerProcess(
+        bootstrap, names, tmp_path, GEOINCIDENT_DETECTION__GEOFENCES=str(DISTRICTS)
+    )
+    console = ConsoleProcess(bootstrap, worker.env, tmp_path)
+    try:
+        with Tail(bootstrap, names["incidents"]) as incidents, sync_api.sync_playwright() as pw:
+            worker.start()
+            console.start()
+            console.wait_ready()
+
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on(
+                "console",
+                lambda m: errors.append(m.text) if m.type == "error" else None,
+            )
+            page.goto(console.url + "/")
+            expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
+            rows = page.locator("#rows tr[data-id]")
+            expect(rows).to_have_count(0)
+
+            # -- incidents open while the page is open: they appear without a reload
+            _in_thread(produce, bootstrap, names["reports"], _reports(time.time_ns() // 1_000_000))
+            worker.wait_until(
+                lambda: sum(v["event"] == "opened" for v in incidents.values) == len(PLACES)
+            )
+            expect(rows).to_have_count(len(PLACES), timeout=30_000)
+            opened = {v["category"]: v for v in incidents.values if v["event"] == "opened"}
+            assert set(opened) == {category for category, _, _ in PLACES}
+            expect(page.locator("#rows tr.unseen")).to_have_count(len(PLACES))
+            assert page.title() == f"({len(PLACES)}) geoincident console"
+            expect(page.locator("#unseen")).to_have_text(f"{len(PLACES)} new")
+            # the map draws every incident: a marker and its polygon
+            expect(page.locator("#map circle.marker")).to_have_count(len(PLACES))
+            expect(page.locator("#map path.shape")).to_have_count(len(PLACES))
+
+            def row(incident: dict):
+                return page.locator(f"#rows tr[data-id='{incident['incident_id']}']")
+
+            # -- Acknowledge (the token is asked once, then kept for the tab)
+            acked = opened["pothole"]
+            row(acked).click()
+            expect(page.locator("#detail h2")).to_contain_text("Pothole")
+            page.locator("#detail button[data-action='Acknowledge']").click()
+            page.locator("#ask-fields input[name='token']").fill(TOKEN)
+            page.locator("#ask-fields input[name='by']").fill("dispatcher-7")
+            page.locator("#ask-ok").click()
+            expect(row(acked).locator("[data-field='status']")).to_have_text(
+                "acknowledged", timeout=30_000
+            )
+            event = incidents.wait_for(
+                lambda v: v["incident_id"] == acked["incident_id"] and v["event"] == "updated"
+            )
+            assert event["acknowledged_by"] == "dispatcher-7"
+            assert event["status"] == "acknowledged"
+            assert event["version"] == acked["version"] + 1
+            expect(page.locator("#notice")).to_contain_text("applied by the worker")
+            assert page.evaluate("sessionStorage.getItem('geoincident.console.token')") == TOKEN
+
+            # -- Assign (no token asked again)
+            assigned = opened["road_flooding"]
+            row(assigned).click()
+            page.locator("#detail button[data-action='Assign']").click()
+            page.locator("#ask-fields input[name='to']").fill("Public Works South, crew 4")
+            page.locator("#ask-ok").click()
+            expect(row(assigned).locator("[data-field='status']")).to_have_text(
+                "assigned", timeout=30_000
+            )
+            incidents.wait_for(
+                lambda v: (
+                    v["incident_id"] == assigned["incident_id"]
+                    and v.get("assigned_to") == "Public Works South, crew 4"
+                )
+            )
+
+            # -- Resolve: it leaves the open list, a `resolved` event follows
+            resolved = opened["streetlight_out"]
+            row(resolved).click()
+            page.locator("#detail button[data-action='Resolve']").click()
+            page.locator("#ask-fields input[name='note']").fill("lamp replaced")
+            page.locator("#ask-ok").click()
+            expect(row(resolved)).to_have_count(0, timeout=30_000)
+            event = incidents.wait_for(
+                lambda v: v["incident_id"] == resolved["incident_id"] and v["event"] == "resolved"
+            )
+            assert event["resolved_reason"] == "dispatcher"
+            expect(rows).to_have_count(len(PLACES) - 1)
+            # ... and is still there for whoever asks for resolved ones
+            page.select_option("#f-status", "resolved")
+            expect(rows).to_have_count(1)
+            expect(row(resolved).locator("[data-field='status']")).to_have_text("resolved")
+            page.select_option("#f-status", "active")
+            expect(rows).to_have_count(len(PLACES) - 1)
+
+            # -- the screenshot for the docs: live incidents, the map, an incident's history
+            row(acked).click()
+            expect(page.locator("#detail table.history tr")).to_have_count(3)  # head + v1, v2
+            page.locator("#unseen").click()  # mark the rest seen: the plain look of the list
+            expect(page.locator("#rows tr.unseen")).to_have_count(0)
+            assert page.title() == "geoincident console"
+            page.mouse.move(0, 0)
+            time.sleep(0.5)
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT))
+            assert SCREENSHOT.is_file() and SCREENSHOT.stat().st_size > 20_000
+
+            # -- markup planted in an event stays text on the page
+            evil = '<img src=x onerror="window.pwned=1">'  # (category_text leaves it as it is)
+            planted = dict(opened["downed_tree"])
+            planted.update(
+                incident_id="inc-00000000deadbeef",
+                category=evil,
+                jurisdiction=evil,
+                report_ids=[evil],
+                version=1,
+            )
+            _in_thread(
+                produce,
+                bootstrap,
+                names["incidents"],
+                [orjson.dumps(planted)],
+                planted["incident_id"].encode(),
+            )
+            expect(row(planted)).to_have_count(1, timeout=30_000)
+            expect(row(planted).locator("[data-field='category']")).to_have_text(evil)
+            expect(row(planted).locator("[data-field='jurisdiction']")).to_have_text(evil)
+            row(planted).click()
+            expect(page.locator("#detail ol.reports li")).to_have_text([evil])
+            assert page.locator("#rows img, #detail img").count() == 0
+            assert page.evaluate("window.pwned") is None
+            assert errors == [], errors
+    finally:  # (leaving sync_playwright closes the browser)
+        try:
+            console.stop()
+        finally:
+            worker.stop()
+    log = console.log_path.read_text(errors="replace")
+    assert re.search(r"event=console_action incident_id=\S+ action=ack by=dispatcher-7", log)
+    # SIGTERM stops it cleanly
+    assert console.process is not None and console.process.returncode == 0, console.tail()
+    assert "event=console_stopped" in log
+
+
+async def test_run_console_in_process_reads_from_the_start_and_produces_keyed_actions(
+    bootstrap, topic_name, monkeypatch
+):
+    """`run_console` with `ready`/`stop`: the view is built from the topic's start (duplicates
+    and older versions ignored), an action is produced keyed by its incident, and it stops."""
+    import aiohttp
+
+    from geoincident.detectors.actions import parse_action
+    from geoincident.stream.config import load_settings
+    from geoincident.stream.console import run_console
+
+    names = topic_names(topic_name, 2)
+    await asyncio.to_thread(create_topics, bootstrap, names)
+    incident = {
+        "schema": 1,
+        "incident_id": "inc-00000000000000c1",
+        "event": "opened",
+        "version": 1,
+        "kind": "local",
+        "category": "pothole",
+        "lat": 47.6062,
+        "lon": -122.3321,
+        "validated_at": "2026-11-24T09:00:00.000Z",
+        "emitted_at": "2026-11-24T09:00:00.000Z",
+        "independent_reporters": 5,
+        "jurisdiction": None,
+        "status": "open",
+    }
+    versions = [incident, {**incident, "version": 2, "event": "updated"}, incident]
+    await asyncio.to_thread(
+        produce,
+        bootstrap,
+        names["incidents"],
+        [orjson.dumps(v) for v in versions],
+        b"inc-00000000000000c1",
+    )
+    monkeypatch.setenv("GEOINCIDENT_CONSOLE_TOKEN", TOKEN)
+    settings = load_settings(
+        overrides={
+            "kafka.brokers": bootstrap,
+            "topics.incidents": names["incidents"],
+            "topics.actions": names["actions"],
+            "topics.actions_dlq": names["actions_dlq"],
+        }
+    )
+    port = free_tcp_port()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_console(settings, port=port, ready=ready, stop=stop))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 30
+            while True:
+                async with http.get(f"{base}/api/incidents") as response:
+                    listed = await response.json()
+                if listed["caught_up"] and listed["count"]:
+                    break
+                assert time.monotonic() < deadline, listed
+                await asyncio.sleep(0.2)
+            assert [(i["incident_id"], i["version"]) for i in listed["incidents"]] == [
+                ("inc-00000000000000c1", 2)
+            ]
+            async with http.post(
+                f"{base}/api/incidents/inc-00000000000000c1/actions",
+                json={"action": "assign", "to": "crew-9"},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as response:
+                assert response.status == 202, await response.text()
+
+        consumer = AIOKafkaConsumer(
+            names["actions"], bootstrap_servers=bootstrap, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            message = await asyncio.wait_for(consumer.getone(), 30)
+        finally:
+            await consumer.stop()
+        assert message.key == b"inc-00000000000000c1"
+        action = parse_action(message.value)
+        assert (action.action, action.to, action.by) == ("assign", "crew-9", "console")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
