@@ -9,18 +9,15 @@ after a crash (at least once), but never with a new version for an action alread
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import threading
 import time
 from datetime import UTC, datetime
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from geoincident.geo import destination
-from tests.integration.workers import WorkerProcess, create_topics, produce, topic_names
+from tests.integration.workers import Tail, WorkerProcess, create_topics, produce, topic_names
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,41 +25,8 @@ PLACES = 4
 ACTIONS = 1200
 
 
-class Tail:
-    """Every value of a topic, read by a consumer in a thread of its own while the test runs."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.values: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            self.topic,
-            bootstrap_servers=self.bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            while not self._stop.is_set():
-                batch = await consumer.getmany(timeout_ms=100)
-                for messages in batch.values():
-                    self.values.extend(orjson.loads(m.value) for m in messages)
-        finally:
-            await consumer.stop()
-
-    def __enter__(self) -> Tail:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def crews(self) -> set[str]:
-        return {v["assigned_to"] for v in list(self.values) if v.get("assigned_to")}
+def _crews(incidents: Tail) -> set[str]:
+    return {v["assigned_to"] for v in list(incidents.values) if v.get("assigned_to")}
 
 
 def _reports(now_ms: int) -> list[bytes]:
@@ -130,13 +94,13 @@ def test_every_action_takes_effect_once_across_a_kill_9_mid_burst(bootstrap, top
             }
 
             produce(bootstrap, names["actions"], _actions(sorted(opened)))
-            worker.wait_until(lambda: len(incidents.crews()) >= ACTIONS // 5, timeout_s=60)
+            worker.wait_until(lambda: len(_crews(incidents)) >= ACTIONS // 5, timeout_s=60)
             worker.kill(signal.SIGKILL)
-            applied_at_kill = len(incidents.crews())
+            applied_at_kill = len(_crews(incidents))
             assert applied_at_kill < ACTIONS, "the burst ended before the kill: not mid-burst"
 
             worker.start()
-            worker.wait_until(lambda: len(incidents.crews()) == ACTIONS, timeout_s=120)
+            worker.wait_until(lambda: len(_crews(incidents)) == ACTIONS, timeout_s=120)
             time.sleep(3)  # anything a second application would produce has arrived by now
             seen = list(incidents.values)
     finally:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -222,3 +223,46 @@ def events(values: list[bytes]) -> list[dict]:
 
 def without_emitted_at(event: dict) -> dict:
     return {k: v for k, v in event.items() if k != "emitted_at"}
+
+
+class Tail:
+    """Every value of a topic, read in a thread of its own while the test runs."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.values: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100)
+                for messages in batch.values():
+                    self.values.extend(orjson.loads(m.value) for m in messages)
+        finally:
+            await consumer.stop()
+
+    def __enter__(self) -> Tail:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def wait_for(self, predicate, timeout_s: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for value in list(self.values):
+                if predicate(value):
+                    return value
+            time.sleep(0.1)
+        raise AssertionError(f"no such event on {self.topic} in {timeout_s} s: {self.values}")
