@@ -49,6 +49,9 @@ class IncidentEvent:
     acknowledged_at: str | None = None
     assigned_to: str | None = None
     superseded_by: str | None = None
+    # Local incidents: each member listed in report_ids, in that order: its id, event time,
+    # position and source (a dispatcher sees where and when the reports came from).
+    members: tuple[dict[str, Any], ...] = ()
     # A local incident inside an open surge of its category: the surge's incident_id
     # (always present on local incidents, null outside any surge; absent on surges).
     surge_id: str | None = None
@@ -82,6 +85,8 @@ class IncidentEvent:
         }
         if self.report_ids_truncated:
             body["report_ids_truncated"] = True
+        if self.kind == KIND_LOCAL:
+            body["members"] = list(self.members)
         body["sources"] = self.sources
         body["jurisdiction"] = self.jurisdiction
         body["status"] = self.status

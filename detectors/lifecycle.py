@@ -138,7 +138,8 @@ class Incident:
         self.last_ts_ms = validated_ts_ms
         self.centroid = WeightedCentroid()
         self.cells: set[str] = set()
-        self.points: list[tuple[float, float]] = []
+        # (lat, lon, event time, source) of each member listed in report_ids, in that order
+        self.points: list[tuple[float, float, int, str | None]] = []
         self.report_count = 0
         self.report_ids: list[str] = []
         self.report_ids_truncated = False
@@ -196,7 +197,7 @@ class Incident:
             self.last_ts_ms = report.ts_ms
         if len(self.report_ids) < self.max_report_ids:
             self.report_ids.append(report.id)
-            self.points.append((report.lat, report.lon))
+            self.points.append((report.lat, report.lon, report.ts_ms, report.source))
         else:
             self.report_ids_truncated = True
         source = report.source or "unknown"
@@ -261,7 +262,7 @@ class Incident:
         lat = round(lat, 7)
         lon = round(lon, 7)
         radius_m = 0.0
-        for point_lat, point_lon in self.points:
+        for point_lat, point_lon, _, _ in self.points:
             distance = haversine_m(lat, lon, point_lat, point_lon)
             if distance > radius_m:
                 radius_m = distance
@@ -289,6 +290,18 @@ class Incident:
                 score, self.threshold, self.significance, radius_m, self.reach_m, len(self.sources)
             ),
             report_ids=tuple(self.report_ids),
+            members=tuple(
+                {
+                    "id": report_id,
+                    "at": format_ms(ts_ms),
+                    "lat": round(point_lat, 7),
+                    "lon": round(point_lon, 7),
+                    "source": source,
+                }
+                for report_id, (point_lat, point_lon, ts_ms, source) in zip(
+                    self.report_ids, self.points, strict=True
+                )
+            ),
             report_ids_truncated=self.report_ids_truncated,
             sources=dict(sorted(self.sources.items())),
             jurisdiction=self.jurisdiction,

@@ -123,7 +123,7 @@ class IncidentState(_Base):
     last_ts_ms: int
     centroid: Centroid
     cells: list[str]  # a set in the Incident; sorted here so equal states give equal bytes
-    points: list[tuple[float, float]]
+    points: list[tuple[float, float, int, str | None]]  # (lat, lon, ts_ms, source) per listed id
     report_count: int
     report_ids: list[str]
     report_ids_truncated: bool

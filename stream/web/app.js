@@ -621,6 +621,15 @@
       marker.append(svgEl("title", {}, label));
       marker.addEventListener("click", () => select(item.incident_id));
       markers.append(marker);
+      if (selected) {
+        // the selected incident's member reports, where they were sent from
+        for (const m of item.members || []) {
+          if (typeof m.lat !== "number" || typeof m.lon !== "number") continue;
+          const dot = svgEl("circle", { cx: X(m.lon).toFixed(1), cy: Y(m.lat).toFixed(1), r: 3, fill: color, class: "member" });
+          dot.append(svgEl("title", {}, `${m.id} · ${when(m.at) || m.at} · ${m.source ?? "no source"}`));
+          markers.append(dot);
+        }
+      }
     }
     layers.push(shapes, markers, scaleBar(width, height, X, midLat, lonMin));
     svg.replaceChildren(...layers);
@@ -750,7 +759,13 @@
     aside.append(sources);
     aside.append(el("h3", { text: `Member reports (${item.report_count})` }));
     const reports = el("ol", { class: "reports mono" });
-    for (const id of item.report_ids || []) reports.append(el("li", { text: id }));
+    if (item.members && item.members.length) {
+      // a timeline: in event-time order, each with its time and source (on the map too)
+      const timeline = [...item.members].sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : 0));
+      for (const m of timeline) reports.append(el("li", { text: `${when(m.at) || m.at}  ${m.id}  (${m.source ?? "no source"})` }));
+    } else {
+      for (const id of item.report_ids || []) reports.append(el("li", { text: id }));
+    }
     aside.append(reports);
     if (item.report_ids_truncated) aside.append(el("p", { class: "small", text: "(the list is cut: more members than listed)" }));
     facts.append(aside);

@@ -354,3 +354,18 @@ def test_an_incident_reads_surer_with_more_reporters_and_less_sure_when_spread()
     assert spread < tight
     grown = [e for e in run(ring(9, 10, step_minutes=0.5)) if e.event != "resolved"][-1]
     assert grown.independent_reporters == 9 and grown.confidence > tight
+
+
+def test_each_listed_member_says_where_when_and_from_what_source_it_came():
+    from geoincident.detectors.timefmt import parse_rfc3339_ms
+
+    reports = ring(5, 30, source="app")
+    events = run(reports)
+    last = [e for e in events if e.incident_id == events[0].incident_id][-1]
+    body = last.to_dict()
+    assert [m["id"] for m in body["members"]] == body["report_ids"]
+    by_id = {r.id: r for r in reports}
+    for member in body["members"]:
+        report = by_id[member["id"]]
+        assert (member["lat"], member["lon"]) == (round(report.lat, 7), round(report.lon, 7))
+        assert parse_rfc3339_ms(member["at"]) == report.ts_ms and member["source"] == "app"

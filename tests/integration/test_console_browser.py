@@ -205,6 +205,12 @@ def test_the_console_shows_live_incidents_and_acts_on_them(bootstrap, topic_name
             acked = opened["pothole"]
             row(acked).click()
             expect(page.locator("#detail h2")).to_contain_text("Pothole")
+            # its member reports: on the map where they were sent from, and as a timeline
+            expect(page.locator("#map circle.member")).to_have_count(5)
+            members = page.locator("#detail ol.reports li")
+            expect(members).to_have_count(5)
+            expect(members.first).to_contain_text("p0-r0")
+            expect(members.first).to_contain_text("UTC")
             page.locator("#detail button[data-action='Acknowledge']").click()
             page.locator("#ask-fields input[name='token']").fill(TOKEN)
             page.locator("#ask-fields input[name='by']").fill("dispatcher-7")
@@ -278,6 +284,7 @@ def test_the_console_shows_live_incidents_and_acts_on_them(bootstrap, topic_name
                 category=evil,
                 jurisdiction=evil,
                 report_ids=[evil],
+                members=[{**planted["members"][0], "id": evil, "source": evil}],
                 version=1,
             )
             _in_thread(
@@ -291,7 +298,7 @@ def test_the_console_shows_live_incidents_and_acts_on_them(bootstrap, topic_name
             expect(row(planted).locator("[data-field='category']")).to_have_text(evil)
             expect(row(planted).locator("[data-field='jurisdiction']")).to_have_text(evil)
             row(planted).click()
-            expect(page.locator("#detail ol.reports li")).to_have_text([evil])
+            expect(page.locator("#detail ol.reports li")).to_contain_text([f"{evil}  ({evil})"])
             assert page.locator("#rows img, #detail img").count() == 0
             assert page.evaluate("window.pwned") is None
             assert errors == [], errors
