@@ -283,6 +283,11 @@ class Worker:
         await self.ensure_restored()
         async with self._step:
             current = now_ms()
+            if self.shared_group:
+                # paused with the reports (see _on_assigned): no idle advance either, or two
+                # processes would each resolve incidents on their own
+                self._publish_state(current)
+                return
             await self.produce(self.core.tick(current))
             self._publish_state(current)
             if checkpoint:

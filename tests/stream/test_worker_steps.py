@@ -73,3 +73,41 @@ def test_a_checkpoint_waits_for_the_step_whose_outputs_are_in_flight(tmp_path):
     happened = asyncio.run(scenario())
     # no checkpoint while the batch's dead letter was unacknowledged; one right after
     assert happened == ["produce waits for acks", "acks arrived"]
+
+
+def test_a_worker_sharing_its_group_neither_processes_nor_advances_event_time(tmp_path):
+    """With another process in the group (a partial assignment), reports wait and the timer
+    resolves nothing: two processes would each decide on their own. The broker's calls are
+    replaced as above; the assignment comes from the rebalance callback."""
+    from faust.types import TP
+
+    async def scenario() -> tuple[list, bool, list]:
+        settings = load_settings(overrides={"worker.data_dir": str(tmp_path)})
+        worker = Worker(settings)
+        worker.state = {}
+        produced: list = []
+
+        async def committed_offsets(topic, partitions=None):
+            return {0: 0}
+
+        async def produce(out):
+            produced.append(out)
+
+        worker.committed_offsets = committed_offsets
+        worker.produce = produce
+        worker.reports_partition_count = lambda: 2
+        await worker.ensure_restored()
+        await worker._on_assigned(None, {TP(settings.topics.reports, 0)})
+        batch = asyncio.create_task(worker.on_reports(0, _records(5)))
+        await asyncio.sleep(0.05)
+        waiting = not batch.done()
+        await worker.on_tick(checkpoint=True)
+        during = list(produced)
+        both = {TP(settings.topics.reports, 0), TP(settings.topics.reports, 1)}
+        await worker._on_assigned(None, both)  # the other process left
+        await asyncio.wait_for(batch, 5)
+        return during, waiting, [worker.ready, worker.core.totals["accepted"]]
+
+    during, waiting, after = asyncio.run(scenario())
+    assert waiting and during == []
+    assert after == [True, 5]
