@@ -5,10 +5,13 @@ bytes go to stream/runtime.py (and from there to the detector core), messages co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -50,6 +53,21 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
 
         options["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
     return options
+
+
+def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `serve(stop)` on a new event loop; SIGINT or SIGTERM sets `stop` (the console's and
+    the notifier's processes: they stop cleanly rather than being cancelled mid-write)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        await serve(stop)
+
+    asyncio.run(main())
 
 
 def now_ms() -> int:

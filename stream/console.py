@@ -65,7 +65,7 @@ from geoincident import __version__
 from geoincident.detectors.actions import ActionError, encode_action, parse_action
 from geoincident.detectors.timefmt import format_ms, parse_rfc3339_ms
 from geoincident.stream import formats
-from geoincident.stream.app import kafka_client_options, logfmt
+from geoincident.stream.app import kafka_client_options, logfmt, run_until_signalled
 from geoincident.stream.config import ConfigError, Settings
 
 log = logging.getLogger("geoincident.console")
@@ -843,7 +843,11 @@ async def run_console(
         acks="all",
         **kafka_client_options(settings),
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # a failed start leaves its connections to close
+        raise
 
     async def send(topic: str, key: bytes, value: bytes) -> None:
         await producer.send_and_wait(topic, value, key=key)
@@ -897,21 +901,12 @@ async def run_console(
 
 def run(settings: Settings, port: int | None = None) -> int:
     """`geoincident console`: serve until SIGINT/SIGTERM; 0 then, 1 when it cannot run."""
-    import signal
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, stop.set)
-        await run_console(settings, port=port, stop=stop)
-
     try:
-        asyncio.run(main())
+        run_until_signalled(lambda stop: run_console(settings, port=port, stop=stop))
     except KeyboardInterrupt:
         return 0
     except ConfigError as exc:

@@ -64,7 +64,6 @@ import contextlib
 import logging
 import os
 import random
-import signal
 import sqlite3
 import sys
 import time
@@ -83,7 +82,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from geoincident import __version__
-from geoincident.stream.app import kafka_client_options, logfmt
+from geoincident.stream.app import kafka_client_options, logfmt, run_until_signalled
 from geoincident.stream.config import (
     ConfigError,
     NotifyConfig,
@@ -855,17 +854,9 @@ def run(settings: Settings) -> int:
     it cannot run, 1 when the brokers cannot be reached, 70 when a delivery's outcome could not
     be recorded (nothing is committed past it; a restart delivers it again)."""
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, stop.set)
-        await run_notify(settings, stop=stop)
-
     started = time.monotonic()
     try:
-        asyncio.run(main())
+        run_until_signalled(lambda stop: run_notify(settings, stop=stop))
     except ConfigError as error:
         print(f"geoincident notify: {error}", file=sys.stderr)
         return 2
