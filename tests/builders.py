@@ -105,11 +105,11 @@ class Driven:
         return self.core.flush().incidents
 
     def restart(self, reread: list[Report]) -> Driven:
-        """A new process: restored from this one's checkpoint (through pickle, as stored),
+        """A new process: restored from this one's checkpoint (through its bytes, as stored),
         its windows rebuilt from `reread`, the reports a worker reads again from the input."""
-        import pickle
+        from geoincident.stream.checkpoint import decode, encode
 
-        checkpoint = pickle.loads(pickle.dumps(self.core.checkpoint()))
+        checkpoint = decode(encode(self.core.checkpoint()))
         restarted = Driven(self.core.params, self.partition)
         restarted.core.restore(checkpoint, 0)
         restarted.core.rebuild(line(r) for r in reread)
