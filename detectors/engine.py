@@ -332,11 +332,13 @@ class Detector:
                     self.clock_ms = clock = ts_ms
                     if expiry and expiry[0][0] < ts_ms:
                         forget(ts_ms)
-                    if reputation_on and ts_ms >= self._reputation_sweep_ms:
-                        self.reputation.forget(ts_ms)
-                        self._reputation_sweep_ms = (
-                            ts_ms // REPUTATION_SWEEP_MS + 1
-                        ) * REPUTATION_SWEEP_MS
+                # at the first report at or past the sweep time, whatever moved the clock
+                # (drains end at the watermark): the same report however the input was cut
+                if reputation_on and ts_ms >= self._reputation_sweep_ms:
+                    self.reputation.forget(ts_ms)
+                    self._reputation_sweep_ms = (
+                        ts_ms // REPUTATION_SWEEP_MS + 1
+                    ) * REPUTATION_SWEEP_MS
                 if surge_on:
                     if surge.due_by(ts_ms):
                         events.extend(surge.advance(ts_ms))
