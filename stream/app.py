@@ -46,7 +46,7 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
         options.update(
             sasl_mechanism=kafka.sasl_mechanism,
             sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=kafka.sasl_password,
+            sasl_plain_password=kafka.password(),
         )
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
         from aiokafka.helpers import create_ssl_context
@@ -238,16 +238,22 @@ class Worker:
 
     def _credentials(self) -> Any:
         kafka = self.settings.kafka
-        if kafka.sasl_mechanism:
-            return faust.SASLCredentials(
-                username=kafka.sasl_username,
-                password=kafka.sasl_password,
-                mechanism=kafka.sasl_mechanism,
-            )
+        ssl_context = None
         if kafka.security_protocol in ("SSL", "SASL_SSL"):
             from aiokafka.helpers import create_ssl_context
 
-            return faust.SSLCredentials(create_ssl_context(cafile=kafka.ssl_cafile))
+            ssl_context = create_ssl_context(cafile=kafka.ssl_cafile)
+        if kafka.sasl_mechanism:
+            # Faust picks SASL_SSL only when it is given the SSL context: without it, SASL_SSL
+            # in the config became SASL over plaintext, the password sent in clear
+            return faust.SASLCredentials(
+                username=kafka.sasl_username,
+                password=kafka.password(),
+                mechanism=kafka.sasl_mechanism,
+                ssl_context=ssl_context,
+            )
+        if ssl_context is not None:
+            return faust.SSLCredentials(ssl_context)
         return None
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:

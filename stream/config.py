@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -52,8 +53,47 @@ class KafkaConfig(_Section):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
+    # the password: here (or GEOINCIDENT_KAFKA__SASL_PASSWORD), or in a file; never printed
     sasl_password: str | None = None
+    sasl_password_file: str | None = None
     ssl_cafile: str | None = None
+    # SASL over an unencrypted connection sends the password (PLAIN) in clear: refused unless
+    # the operator says so
+    allow_plaintext_sasl: bool = False
+
+    @model_validator(mode="after")
+    def _sasl_is_never_silently_plaintext(self) -> KafkaConfig:
+        protocol, mechanism = self.security_protocol, self.sasl_mechanism
+        if mechanism and not protocol.startswith("SASL_"):
+            raise ValueError(
+                f"kafka.sasl_mechanism {mechanism} needs kafka.security_protocol SASL_SSL (or "
+                f"SASL_PLAINTEXT with kafka.allow_plaintext_sasl = true), not {protocol}: the "
+                "client would connect without authenticating"
+            )
+        if protocol.startswith("SASL_") and not mechanism:
+            raise ValueError(f"kafka.security_protocol {protocol} needs kafka.sasl_mechanism")
+        if protocol == "SASL_PLAINTEXT" and not self.allow_plaintext_sasl:
+            raise ValueError(
+                "kafka.security_protocol SASL_PLAINTEXT sends the SASL credentials unencrypted: "
+                "use SASL_SSL, or set kafka.allow_plaintext_sasl = true"
+            )
+        if mechanism and not self.sasl_username:
+            raise ValueError("kafka.sasl_username is needed with kafka.sasl_mechanism")
+        if self.sasl_password and self.sasl_password_file:
+            raise ValueError("kafka.sasl_password and kafka.sasl_password_file: set one")
+        return self
+
+    def password(self) -> str | None:
+        """The SASL password, from `sasl_password_file` when set (read at each connect, so a
+        rotated file is picked up by a restart)."""
+        if not self.sasl_password_file:
+            return self.sasl_password
+        try:
+            return Path(self.sasl_password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"kafka.sasl_password_file: cannot read {self.sasl_password_file}: {exc}"
+            ) from exc
 
     @field_validator("brokers")
     @classmethod
