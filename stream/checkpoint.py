@@ -290,19 +290,15 @@ def _checkpoint_state(checkpoint: dict) -> Checkpoint:
     partitions = {}
     for number, saved in checkpoint["partitions"].items():
         _fields(f"partition {number}", saved, _names(PartitionState))
-        partitions[number] = PartitionState(
-            saved["next_offset"],
-            saved["rebuild_offset"],
-            saved["max_ts_ms"],
-            list(saved["marks"]),
-        )
+        partitions[number] = PartitionState(**{**saved, "marks": list(saved["marks"])})
     return Checkpoint(
-        version=checkpoint["version"],
-        seq=checkpoint["seq"],
-        detector=_detector_state(checkpoint["detector"]),
-        totals=dict(checkpoint["totals"]),
-        partitions=partitions,
-        actions=dict(checkpoint.get("actions") or {}),
+        **{
+            **checkpoint,
+            "detector": _detector_state(checkpoint["detector"]),
+            "totals": dict(checkpoint["totals"]),
+            "partitions": partitions,
+            "actions": dict(checkpoint.get("actions") or {}),
+        }
     )
 
 
@@ -314,22 +310,9 @@ def _detector_state(snapshot: dict) -> DetectorState:
         if incident.incident_id != incident_id:
             raise CheckpointError(f"incident {incident.incident_id} is filed as {incident_id}")
         incidents.append(_incident_state(incident))
-    return DetectorState(
-        incidents=incidents,
-        timers=snapshot["timers"],
-        max_ts_ms=snapshot["max_ts_ms"],
-        watermark_ms=snapshot["watermark_ms"],
-        clock_ms=snapshot["clock_ms"],
-        counts=snapshot["counts"],
-        blocked_reporters=snapshot["blocked_reporters"],
-        blocked_devices=snapshot["blocked_devices"],
-        seq=snapshot["seq"],
-        first_ms=snapshot["first_ms"],
-        chance_groups=snapshot["chance_groups"],
-        surge=_surge_detector_state(snapshot["surge"]),
-        reputation=snapshot["reputation"],
-        reputation_sweep_ms=snapshot["reputation_sweep_ms"],
-    )
+    # the other fields are plain data, kept as they are (_fields checked that they all are)
+    surge = _surge_detector_state(snapshot["surge"])
+    return DetectorState(**{**snapshot, "incidents": incidents, "surge": surge})
 
 
 def _incident_state(incident: Incident) -> IncidentState:
@@ -340,44 +323,16 @@ def _incident_state(incident: Incident) -> IncidentState:
                 f"{incident.incident_id}: member {record.report_id} filed as {report_id}"
             )
         members.append(Member(record.report_id, record.reporter, record.device, record.weight))
+    plain = {name: getattr(incident, name) for name in IncidentState.__struct_fields__}
     return IncidentState(
-        incident_id=incident.incident_id,
-        category=incident.category,
-        kind=incident.kind,
-        threshold=incident.threshold,
-        resolution=incident.resolution,
-        status=incident.status,
-        version=incident.version,
-        first_ts_ms=incident.first_ts_ms,
-        validated_ts_ms=incident.validated_ts_ms,
-        last_ts_ms=incident.last_ts_ms,
-        centroid=Centroid(*incident.centroid.__getstate__()),
-        cells=sorted(incident.cells),
-        points=incident.points,
-        report_count=incident.report_count,
-        report_ids=incident.report_ids,
-        report_ids_truncated=incident.report_ids_truncated,
-        sources=incident.sources,
-        independence=_independence_state(incident.independence),
-        members=members,
-        members_complete=incident.members_complete,
-        jurisdiction=incident.jurisdiction,
-        last_emit_ts_ms=incident.last_emit_ts_ms,
-        update_due=incident.update_due,
-        resolved_reason=incident.resolved_reason,
-        resolved_ts_ms=incident.resolved_ts_ms,
-        acknowledged_by=incident.acknowledged_by,
-        acknowledged_at=incident.acknowledged_at,
-        assigned_to=incident.assigned_to,
-        superseded_by=incident.superseded_by,
-        history=[HistoryEntry(**entry) for entry in incident.history],
-        max_report_ids=incident.max_report_ids,
-        seniority=incident.seniority,
-        surge_id=incident.surge_id,
-        anchor=incident.anchor,
-        recent_ts=incident.recent_ts,
-        significance=incident.significance,
-        reach_m=incident.reach_m,
+        **{
+            **plain,
+            "centroid": Centroid(*incident.centroid.__getstate__()),
+            "cells": sorted(incident.cells),  # a set: sorted so equal states give equal bytes
+            "independence": _independence_state(incident.independence),
+            "members": members,
+            "history": [HistoryEntry(**entry) for entry in incident.history],
+        }
     )
 
 
@@ -404,16 +359,7 @@ def _surge_detector_state(snapshot: dict) -> SurgeDetectorState:
                 index = position[id(surge)] = len(surges)
                 surges.append(_surge_state(surge))
         keys.append(KeyState(ident, ewma, ewma_bucket, since_ms, index, cooldown_until_ms, pending))
-    return SurgeDetectorState(
-        keys=keys,
-        surges=surges,
-        open=snapshot["open"],
-        timers=snapshot["timers"],
-        seq=snapshot["seq"],
-        clock_ms=snapshot["clock_ms"],
-        origin_bucket=snapshot["origin_bucket"],
-        sweep_scheduled=snapshot["sweep_scheduled"],
-    )
+    return SurgeDetectorState(**{**snapshot, "keys": keys, "surges": surges})
 
 
 def _surge_state(surge: _Surge) -> SurgeState:
@@ -518,21 +464,13 @@ def _inflate(compressed: bytes) -> bytes:
 
 
 def _checkpoint_dict(state: Checkpoint) -> dict:
+    # `actions` is always there: empty when the writer had none
     return {
-        "version": state.version,
-        "seq": state.seq,
+        **msgspec.structs.asdict(state),
         "detector": _detector_dict(state.detector),
-        "totals": state.totals,
         "partitions": {
-            number: {
-                "next_offset": saved.next_offset,
-                "rebuild_offset": saved.rebuild_offset,
-                "max_ts_ms": saved.max_ts_ms,
-                "marks": saved.marks,
-            }
-            for number, saved in state.partitions.items()
+            number: msgspec.structs.asdict(saved) for number, saved in state.partitions.items()
         },
-        "actions": state.actions,  # always there: empty when the writer had none
     }
 
 
@@ -543,20 +481,9 @@ def _detector_dict(state: DetectorState) -> dict:
             raise CheckpointError(f"checkpoint holds incident {saved.incident_id} twice")
         incidents[saved.incident_id] = _incident(saved)
     return {
+        **msgspec.structs.asdict(state),
         "incidents": incidents,
-        "timers": state.timers,
-        "max_ts_ms": state.max_ts_ms,
-        "watermark_ms": state.watermark_ms,
-        "clock_ms": state.clock_ms,
-        "counts": state.counts,
-        "blocked_reporters": state.blocked_reporters,
-        "blocked_devices": state.blocked_devices,
-        "seq": state.seq,
-        "first_ms": state.first_ms,
-        "chance_groups": state.chance_groups,
         "surge": _surge_detector_dict(state.surge),
-        "reputation": state.reputation,
-        "reputation_sweep_ms": state.reputation_sweep_ms,
     }
 
 
@@ -568,46 +495,15 @@ def _incident(saved: IncidentState) -> Incident:
     centroid.__setstate__((c.x, c.y, c.z, c.weight))
     incident.__setstate__(
         {
-            "incident_id": saved.incident_id,
-            "category": saved.category,
-            "kind": saved.kind,
-            "threshold": saved.threshold,
-            "resolution": saved.resolution,
-            "status": saved.status,
-            "version": saved.version,
-            "first_ts_ms": saved.first_ts_ms,
-            "validated_ts_ms": saved.validated_ts_ms,
-            "last_ts_ms": saved.last_ts_ms,
+            **msgspec.structs.asdict(saved),
             "centroid": centroid,
             "cells": set(saved.cells),
-            "points": saved.points,
-            "report_count": saved.report_count,
-            "report_ids": saved.report_ids,
-            "report_ids_truncated": saved.report_ids_truncated,
-            "sources": saved.sources,
             "independence": _independence(saved.independence),
             "members": {
                 m.report_id: MemberRecord(m.report_id, m.reporter, m.device, m.weight)
                 for m in saved.members
             },
-            "members_complete": saved.members_complete,
-            "jurisdiction": saved.jurisdiction,
-            "last_emit_ts_ms": saved.last_emit_ts_ms,
-            "update_due": saved.update_due,
-            "resolved_reason": saved.resolved_reason,
-            "resolved_ts_ms": saved.resolved_ts_ms,
-            "acknowledged_by": saved.acknowledged_by,
-            "acknowledged_at": saved.acknowledged_at,
-            "assigned_to": saved.assigned_to,
-            "superseded_by": saved.superseded_by,
             "history": [_history_dict(entry) for entry in saved.history],
-            "max_report_ids": saved.max_report_ids,
-            "seniority": saved.seniority,
-            "surge_id": saved.surge_id,
-            "anchor": saved.anchor,
-            "recent_ts": saved.recent_ts,
-            "significance": saved.significance,
-            "reach_m": saved.reach_m,
         }
     )
     return incident
@@ -655,15 +551,9 @@ def _surge_detector_dict(state: SurgeDetectorState) -> dict:
             raise CheckpointError(
                 f"checkpoint does not match its schema: open surge {surge_id} is not on key {ident}"
             )
-    return {
-        "keys": keys,
-        "open": state.open,
-        "timers": state.timers,
-        "seq": state.seq,
-        "clock_ms": state.clock_ms,
-        "origin_bucket": state.origin_bucket,
-        "sweep_scheduled": state.sweep_scheduled,
-    }
+    fields = msgspec.structs.asdict(state)
+    del fields["surges"]  # in the live state they sit inside `keys`
+    return {**fields, "keys": keys}
 
 
 def _surge(saved: SurgeState) -> _Surge:
