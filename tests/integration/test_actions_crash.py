@@ -17,7 +17,14 @@ import orjson
 import pytest
 
 from geoincident.geo import destination
-from tests.integration.workers import Tail, WorkerProcess, create_topics, produce, topic_names
+from tests.integration.workers import (
+    Tail,
+    WorkerProcess,
+    create_topics,
+    planted_clusters,
+    produce,
+    topic_names,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,32 +39,11 @@ def _crews(incidents: Tail) -> set[str]:
 def _reports(now_ms: int) -> list[bytes]:
     """Five reporters at each of PLACES places ten minutes ago, then one report now far away,
     which moves event time past them: PLACES incidents open."""
-    values = []
-    for place in range(PLACES):
-        centre = destination(47.6062, -122.3321, 90.0 * place, 3000.0)
-        for n in range(5):
-            lat, lon = destination(*centre, 72.0 * n, 30.0)
-            values.append(
-                {
-                    "id": f"p{place}-r{n}",
-                    "ts": now_ms - 10 * 60_000 + n * 30_000,
-                    "lat": lat,
-                    "lon": lon,
-                    "reporter": f"p{place}-user{n}",
-                    "tags": ["#pothole"],
-                }
-            )
-    values.append(
-        {
-            "id": "far",
-            "ts": now_ms,
-            "lat": 47.0,
-            "lon": -121.0,
-            "reporter": "far",
-            "tags": ["#pothole"],
-        }
-    )
-    return [orjson.dumps(v) for v in values]
+    places = [
+        ("pothole", *destination(47.6062, -122.3321, 90.0 * place, 3000.0))
+        for place in range(PLACES)
+    ]
+    return planted_clusters(now_ms, places, ago_ms=10 * 60_000, step_ms=30_000, spread_m=30.0)
 
 
 def _actions(incident_ids: list[str]) -> list[bytes]:

@@ -27,7 +27,15 @@ from aiokafka import AIOKafkaConsumer
 
 from geoincident.geo import destination
 from geoincident.stream.broker import free_tcp_port
-from tests.integration.workers import Tail, WorkerProcess, create_topics, produce, topic_names
+from tests.integration.workers import (
+    ChildProcess,
+    Tail,
+    WorkerProcess,
+    create_topics,
+    planted_clusters,
+    produce,
+    topic_names,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
@@ -55,36 +63,21 @@ PLACES = [
 def _reports(now_ms: int) -> list[bytes]:
     """Five reporters within 30 m of each place, about three minutes ago, then one report now
     far away, which moves event time past them: one incident opens per place."""
-    values = []
-    for p, (category, bearing, distance) in enumerate(PLACES):
-        centre = destination(*CENTRE, bearing, distance) if distance else CENTRE
-        for n in range(5):
-            lat, lon = destination(*centre, 72.0 * n, 25.0)
-            values.append(
-                {
-                    "id": f"p{p}-r{n}",
-                    "ts": now_ms - 3 * 60_000 + n * 5_000,
-                    "lat": lat,
-                    "lon": lon,
-                    "reporter": f"p{p}-user{n}",
-                    "source": ("app", "app", "phone", "web", "app")[n],
-                    "tags": [f"#{category}"],
-                }
-            )
-    values.append(
-        {
-            "id": "far",
-            "ts": now_ms,
-            "lat": 47.0,
-            "lon": -121.0,
-            "reporter": "far",
-            "tags": ["#pothole"],
-        }
+    places = [
+        (category, *(destination(*CENTRE, bearing, distance) if distance else CENTRE))
+        for category, bearing, distance in PLACES
+    ]
+    return planted_clusters(
+        now_ms,
+        places,
+        ago_ms=3 * 60_000,
+        step_ms=5_000,
+        spread_m=25.0,
+        sources=("app", "app", "phone", "web", "app"),
     )
-    return [orjson.dumps(v) for v in values]
 
 
-class ConsoleProcess:
+class ConsoleProcess(ChildProcess):
     """`geoincident.stream.console.run` in a subprocess, with the worker's topics."""
 
     def __init__(self, bootstrap: str, env: dict[str, str], workdir: Path) -> None:
@@ -128,21 +121,6 @@ class ConsoleProcess:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"the console did not come up in {timeout_s} s\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 def _in_thread(function, *args):

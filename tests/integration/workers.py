@@ -16,10 +16,34 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from geoincident.geo import destination
 from geoincident.stream.broker import ensure_topics, free_tcp_port
 
 
-class WorkerProcess:
+class ChildProcess:
+    """A `geoincident` subprocess writing to its own log: stopped with SIGTERM (killed if it
+    does not stop), its log's last lines for assertion messages."""
+
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class WorkerProcess(ChildProcess):
     """One worker subprocess with its own topics, group, web port and log."""
 
     def __init__(self, bootstrap: str, names: dict[str, str], workdir: Path, **env: str) -> None:
@@ -103,21 +127,6 @@ class WorkerProcess:
         assert self.process is not None
         self.process.send_signal(signum)
         self.process.wait(30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 def topic_names(topic_name: Callable[[str], str], partitions: int = 1) -> dict:
@@ -266,3 +275,34 @@ class Tail:
                     return value
             time.sleep(0.1)
         raise AssertionError(f"no such event on {self.topic} in {timeout_s} s: {self.values}")
+
+
+def planted_clusters(
+    now_ms: int,
+    places: list[tuple[str, float, float]],
+    *,
+    ago_ms: int,
+    step_ms: int,
+    spread_m: float,
+    sources: tuple[str, ...] | None = None,
+) -> list[bytes]:
+    """Five reporters around each (category, lat, lon), spread_m apart from it, the first
+    `ago_ms` before now and the others `step_ms` apart; then one report now far away, which
+    moves event time past them: one incident opens per place (report ids p<place>-r<n>)."""
+    values = []
+    for place, (category, lat0, lon0) in enumerate(places):
+        for n in range(5):
+            lat, lon = destination(lat0, lon0, 72.0 * n, spread_m)
+            value = {
+                "id": f"p{place}-r{n}",
+                "ts": now_ms - ago_ms + n * step_ms,
+                "lat": lat,
+                "lon": lon,
+                "reporter": f"p{place}-user{n}",
+            }
+            if sources is not None:
+                value["source"] = sources[n]
+            values.append({**value, "tags": [f"#{category}"]})
+    far = {"id": "far", "ts": now_ms, "lat": 47.0, "lon": -121.0, "reporter": "far"}
+    values.append({**far, "tags": ["#pothole"]})
+    return [orjson.dumps(v) for v in values]
