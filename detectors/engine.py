@@ -81,7 +81,10 @@ class Detector:
         self._restored_members: dict[str, Cluster] = {}
         self.timers = Timers()
         self.surge = SurgeDetector(
-            params.surge, cell_resolution=params.resolution, max_report_ids=params.max_report_ids
+            params.surge,
+            cell_resolution=params.resolution,
+            max_report_ids=params.max_report_ids,
+            shard_resolution=params.shard_resolution,
         )
         accuracy = AccuracyWeights(params.default_accuracy_m, params.accuracy_floor_m)
         self.chance = Chance(params, self.surge)
@@ -146,7 +149,7 @@ class Detector:
             self._accept(report)
             weight = self.dispatcher.weight(report)
             # the surge counts it first: a local incident it opens sees the surge it is part of
-            events = self.surge.observe(report) if weight > 0 else []
+            events = self.surge.observe(report) if weight > 0 and not report.halo else []
             own = self.grouping.process(report, True, weight, self.clock_ms)
             return Observed(ACCEPTED, [*drained, *events, *own])
         self._accept(report)
@@ -246,7 +249,7 @@ class Detector:
                 heapq.heappush(self._pending, (report.ts_ms, report.id, report))
         replayed.sort(key=lambda r: (r.ts_ms, r.id))
         weight = self.dispatcher.weight
-        self.surge.rebuild(r for r in replayed if weight(r, True) > 0)
+        self.surge.rebuild(r for r in replayed if not r.halo and weight(r, True) > 0)
         grouping = self.grouping
         try:
             for report in replayed:
@@ -347,7 +350,7 @@ class Detector:
                     else:
                         source = report.source
                         weight = 1.0 if source is None else source_weights.get(source, 1.0)
-                    if weight > 0:
+                    if weight > 0 and not report.halo:
                         produced = surge.observe(report)
                         if produced:
                             events.extend(produced)

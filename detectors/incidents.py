@@ -24,6 +24,7 @@ from geoincident.detectors.surge import SurgeDetector
 from geoincident.detectors.timefmt import format_ms
 from geoincident.detectors.timers import Timers
 from geoincident.geo.distance import haversine_m
+from geoincident.geo.regions import region_of_point
 
 # Timer kinds (in checkpoints)
 QUIET = 0  # resolve once quiet for `resolve_after`
@@ -98,8 +99,13 @@ class IncidentBook:
         params = self.params
         founder = members[0][0]  # members are in (event time, id) order
         category = founder.category
+        shard = None
+        if params.shard_resolution is not None:
+            shard = region_of_point(
+                founder.lat, founder.lon, params.surge.region_resolution, params.shard_resolution
+            )
         incident = Incident(
-            incident_id_for(category, founder.ts_ms, founder.id),
+            incident_id_for(category, founder.ts_ms, founder.id, shard),
             category,
             category_params.threshold,
             params.resolution,

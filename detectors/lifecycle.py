@@ -32,11 +32,21 @@ STATUS_RESOLVED = "resolved"
 MAX_MEMBER_RECORDS = 200
 
 
-def incident_id_for(category: str, founder_ts_ms: int, founder_id: str) -> str:
+def incident_id_for(
+    category: str, founder_ts_ms: int, founder_id: str, shard: str | None = None
+) -> str:
+    """`inc-` + a hash of the founding report; with scale-out, `inc-<region>-<hash>`: the
+    region that owns the incident (its founder's), so an action can be routed to it."""
     digest = hashlib.blake2b(
         f"{category}\x1f{founder_ts_ms}\x1f{founder_id}".encode(), digest_size=8
     ).hexdigest()
-    return f"inc-{digest}"
+    return f"inc-{digest}" if shard is None else f"inc-{shard}-{digest}"
+
+
+def shard_of_id(incident_id: str) -> str | None:
+    """The owning region an incident or surge id carries (`inc-<region>-<hash>`), or None."""
+    parts = incident_id.split("-")
+    return parts[1] if len(parts) == 3 else None
 
 
 def confidence_of(

@@ -61,6 +61,13 @@ class DetectorParams:
     surge: SurgeParams = SurgeParams()
     significance: SignificanceParams = SignificanceParams()
     reputation: ReputationParams = ReputationParams()
+    # Scale-out (`[scale]`): the H3 resolution of the regions reports are routed by, or None
+    # when one detector sees the whole stream. Set, incident and surge ids carry the region
+    # that owns them (`inc-<region>-<hash>`), so an action can be routed to its owner.
+    shard_resolution: int | None = None
+    # Detectors sharing the stream (the routed topic's partitions): each gets this share of
+    # the chance-incident budget, so the whole stream keeps `max_false_per_day`.
+    shards: int = 1
 
     def __post_init__(self) -> None:
         check(self, "detection")
@@ -78,12 +85,13 @@ class DetectorParams:
 
     def significance_of(self, category: str) -> tuple[SignificanceParams, float]:
         """The significance settings of a category and its budget of chance incidents per
-        day: its own, or an even share of `[detection.significance] max_false_per_day`."""
+        day: its own, or an even share of `[detection.significance] max_false_per_day`; split
+        evenly among `shards` detectors."""
         own = self.for_category(category).significance
         if own is not None:
-            return own, own.max_false_per_day
+            return own, own.max_false_per_day / self.shards
         shared = self.significance
-        return shared, shared.max_false_per_day / max(1, len(self.taxonomy.names))
+        return shared, shared.max_false_per_day / max(1, len(self.taxonomy.names)) / self.shards
 
     def source_weight(self, source: str | None) -> float:
         if source is None:

@@ -41,6 +41,7 @@ REASONS = (
     "bad_timestamp",
     "future_timestamp",
     "too_late",
+    "internal_error",
 )
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
@@ -78,6 +79,11 @@ class Report(msgspec.Struct, gc=False):
     device: str | None = None
     accuracy_m: float | None = None
     lang: str | None = None
+    # Scale-out: a copy of a report owned by a neighbouring region, sent here because it lies
+    # within the halo of this region's border. It counts for local detection (groups across
+    # the border, the background) but not for this detector's surges, and is not counted as
+    # this detector's input (its owner counts it).
+    halo: bool = False
 
 
 class Rejection(msgspec.Struct, frozen=True, gc=False):

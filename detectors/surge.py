@@ -106,6 +106,7 @@ class SurgeDetector:
         *,
         cell_resolution: int = 10,
         max_report_ids: int = 200,
+        shard_resolution: int | None = None,
     ) -> None:
         self.params = params = params or SurgeParams()
         self.clock_ms: int | None = None
@@ -119,6 +120,7 @@ class SurgeDetector:
             self.timers,
             cell_resolution=cell_resolution,
             max_report_ids=max_report_ids,
+            shard_resolution=shard_resolution,
         )
         self._region_area: dict[int, float] = {}
         self._window_ms = params.window_ms

@@ -19,6 +19,7 @@ from geoincident.detectors.timefmt import format_ms
 from geoincident.detectors.timers import Timers
 from geoincident.geo.cells import cell_of, regions_polygon
 from geoincident.geo.distance import haversine_m
+from geoincident.geo.regions import region_of_cell
 
 if TYPE_CHECKING:
     from geoincident.detectors.surge import SurgeParams
@@ -35,11 +36,15 @@ STATUS_OPEN = "open"
 STATUS_RESOLVED = "resolved"
 
 
-def surge_id_for(region: str, category: str, lang: str, bucket_start_ms: int) -> str:
+def surge_id_for(
+    region: str, category: str, lang: str, bucket_start_ms: int, shard: str | None = None
+) -> str:
+    """`srg-` + a hash of the opening key and minute; with scale-out `srg-<shard>-<hash>`, the
+    routing region that owns the surge (lifecycle.incident_id_for)."""
     digest = hashlib.blake2b(
         f"{region}|{category}|{lang}|{bucket_start_ms}".encode(), digest_size=8
     ).hexdigest()
-    return f"srg-{digest}"
+    return f"srg-{digest}" if shard is None else f"srg-{shard}-{digest}"
 
 
 def surge_confidence(peak_ratio: float, independent: int, params: SurgeParams) -> float:
@@ -136,8 +141,10 @@ class Surges:
         *,
         cell_resolution: int,
         max_report_ids: int,
+        shard_resolution: int | None = None,
     ) -> None:
         self.params = params
+        self.shard_resolution = shard_resolution
         self.baseline = baseline
         self.keys = keys  # the tracked keys (surge_keys.KeyTracker.keys)
         self.timers = timers
@@ -193,7 +200,15 @@ class Surges:
             self._join(key, adjacent, now_ms, trigger, events)
             return
         region = key.region
-        incident_id = surge_id_for(region, key.category, key.lang, now_ms // BUCKET_MS * BUCKET_MS)
+        incident_id = surge_id_for(
+            region,
+            key.category,
+            key.lang,
+            now_ms // BUCKET_MS * BUCKET_MS,
+            None
+            if self.shard_resolution is None
+            else region_of_cell(region, self.shard_resolution),
+        )
         surge = _Surge(incident_id, now_ms, independence)
         for entry in key.window:
             surge.add(entry, self.max_report_ids, track=False)

@@ -146,17 +146,49 @@ class Worker:
             value_serializer="raw",
             version=1,
         )
-        topics = settings.topics
+        self._wire(app)
+
+        @app.page("/health")
+        async def health(web: Any, request: Any) -> Any:
+            return web.json({"status": "ok", "version": __version__})
+
+        @app.page("/ready")
+        async def ready(web: Any, request: Any) -> Any:
+            status = 200 if self.ready else 503
+            return web.json({"ready": self.ready}, status=status)
+
+        @app.page("/stats")
+        async def stats(web: Any, request: Any) -> Any:
+            return web.json(self.stats())
+
+        @app.page("/metrics")
+        async def metrics(web: Any, request: Any) -> Any:
+            body, content_type = self.metrics.render()
+            return web.bytes(body, content_type=content_type.split(";")[0])
+
+        app.on_partitions_assigned.connect(self._on_assigned)
+        return app
+
+    def _output_topics(self, app: faust.App) -> None:
+        topics = self.settings.topics
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.actions_topic = app.topic(topics.actions, **raw)
+        self.incidents_topic = app.topic(topics.incidents, **raw)
+        self.dlq_topic = app.topic(topics.reports_dlq, **raw)
+        self.actions_dlq_topic = app.topic(topics.actions_dlq, **raw)
+
+    def stats(self) -> dict:
+        return self.core.stats()
+
+    def _wire(self, app: faust.App) -> None:
+        """Topics, the state table, the agents and the timer."""
+        topics = self.settings.topics
         # Reports arrive as whole fetched batches (stream/batching.py); the rest per record.
         self.reports_topic = app.topic(
             topics.reports, key_serializer="raw", value_serializer=BATCH_CODEC
         )
         install_batching(app, {topics.reports})
-        self.actions_topic = app.topic(topics.actions, **raw)
-        self.incidents_topic = app.topic(topics.incidents, **raw)
-        self.dlq_topic = app.topic(topics.reports_dlq, **raw)
-        self.actions_dlq_topic = app.topic(topics.actions_dlq, **raw)
+        self._output_topics(app)
         # The durable state: one compressed checkpoint, keyed so it always lands in the same
         # changelog partition (use_partitioner), which also lets timers write it.
         self.state = app.tables.add(
@@ -195,27 +227,6 @@ class Worker:
                 if not self.app.tables.recovery.completed.is_set():
                     return
             await self.on_tick(checkpoint=self.settings.worker.store == "memory")
-
-        @app.page("/health")
-        async def health(web: Any, request: Any) -> Any:
-            return web.json({"status": "ok", "version": __version__})
-
-        @app.page("/ready")
-        async def ready(web: Any, request: Any) -> Any:
-            status = 200 if self.ready else 503
-            return web.json({"ready": self.ready}, status=status)
-
-        @app.page("/stats")
-        async def stats(web: Any, request: Any) -> Any:
-            return web.json(self.core.stats())
-
-        @app.page("/metrics")
-        async def metrics(web: Any, request: Any) -> Any:
-            body, content_type = self.metrics.render()
-            return web.bytes(body, content_type=content_type.split(";")[0])
-
-        app.on_partitions_assigned.connect(self._on_assigned)
-        return app
 
     def run(self, loglevel: str = "info") -> None:
         """Create missing topics, then run until SIGINT/SIGTERM (Faust's worker handles them:
@@ -498,7 +509,7 @@ class Worker:
             self._restored = True
             self.ready = not self.shared_group
 
-    def _decoded(self, blob: bytes) -> dict:
+    def _decoded(self, blob: bytes, key: bytes = CHECKPOINT_KEY) -> dict:
         """The stored checkpoint, or the process ends naming the changelog record that is not
         one: its bytes are never run (no pickle) and never half-used."""
         try:
@@ -510,7 +521,7 @@ class Worker:
                 )
             return checkpoint
         except CheckpointError as error:
-            topic, partition, offset = self.state.position_of(CHECKPOINT_KEY)
+            topic, partition, offset = self.state.position_of(key)
             log.critical(
                 logfmt(
                     "checkpoint_refused",

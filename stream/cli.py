@@ -122,7 +122,15 @@ def replay(
             raise typer.Exit(2) from None
         progress_cb, stop_progress = _progress(input_path)
         try:
-            summary = replay_files(source, sink, dlq_sink, params, input_path, progress_cb)
+            summary = replay_files(
+                source,
+                sink,
+                dlq_sink,
+                params,
+                input_path,
+                progress_cb,
+                regions=settings.region_map(params),
+            )
         finally:
             stop_progress()
     _print_summary(summary.as_dict(), dlq)
@@ -153,7 +161,12 @@ def worker(
 
     configure_logging(settings.worker.log_level)
     try:
-        Worker(settings).run(loglevel=settings.worker.log_level)
+        if settings.scaled_out:
+            from geoincident.stream.sharded import ShardedWorker
+
+            ShardedWorker(settings).run(loglevel=settings.worker.log_level)
+        else:
+            Worker(settings).run(loglevel=settings.worker.log_level)
     except TimeoutError as error:
         typer.echo(f"geoincident worker: broker {settings.kafka.brokers}: {error}", err=True)
         raise typer.Exit(1) from None

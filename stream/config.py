@@ -34,6 +34,7 @@ from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
 from geoincident.detectors.taxonomy import DEFAULT_TAXONOMY, Category, Taxonomy
 from geoincident.geo.fences import GeofenceError, Geofences
+from geoincident.geo.regions import RegionMap
 
 ENV_PREFIX = "GEOINCIDENT_"
 
@@ -111,6 +112,8 @@ class TopicsConfig(_Section):
     reports_dlq: str = "reports.dlq"
     actions: str = "incident-actions"
     actions_dlq: str = "incident-actions.dlq"
+    # internal, with [scale]: reports (and actions) re-keyed by region
+    routed: str = "geoincident-routed"
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
 
@@ -215,6 +218,20 @@ ReputationConfig = create_model(
 )
 
 
+class ScaleConfig(_Section):
+    """`[scale]`: run detection in several processes. Unset `region_resolution`: one worker
+    process detects on the whole stream (a second process in its group waits). Set: reports
+    are re-keyed by the H3 region at that resolution into the `topics.routed` topic, and each
+    of its `partitions` has its own detector, so processes share the work (stream/routing.py)."""
+
+    region_resolution: int | None = Field(default=None, ge=0, le=15)
+    # partitions of the routed topic: the most processes that can share the detection
+    partitions: int | None = Field(default=None, ge=1, le=1024)  # default: topics.partitions
+    # how far past a region's border its detector sees (default: 2 x the largest radius +
+    # 1.5 x significance.neighbourhood_m, what a decision near the border can depend on)
+    halo_m: float | None = Field(default=None, ge=0, le=50_000)
+
+
 class WorkerConfig(_Section):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=6066, ge=0, le=65535)
@@ -305,6 +322,7 @@ class Settings(BaseSettings):
     taxonomy: dict[str, TaxonomyEntry] = Field(default_factory=_default_taxonomy)
     surge: SurgeConfig = SurgeConfig()
     reputation: ReputationConfig = ReputationConfig()
+    scale: ScaleConfig = ScaleConfig()
     worker: WorkerConfig = WorkerConfig()
     console: ConsoleConfig = ConsoleConfig()
     notify: NotifyConfig = NotifyConfig()
@@ -345,7 +363,36 @@ class Settings(BaseSettings):
         """Every topic the worker reads or writes, with the configured partition count."""
         topics = self.topics
         names = (topics.reports, topics.incidents, topics.reports_dlq, topics.actions)
-        return {name: topics.partitions for name in (*names, topics.actions_dlq)}
+        found = {name: topics.partitions for name in (*names, topics.actions_dlq)}
+        if self.scaled_out:
+            found[topics.routed] = self.routed_partitions
+        return found
+
+    @property
+    def scaled_out(self) -> bool:
+        return self.scale.region_resolution is not None
+
+    @property
+    def routed_partitions(self) -> int:
+        return self.scale.partitions or self.topics.partitions
+
+    def region_map(self, params: DetectorParams | None = None) -> RegionMap | None:
+        """The routing of `[scale]`, or None when detection is not scaled out."""
+        resolution = self.scale.region_resolution
+        if resolution is None:
+            return None
+        from geoincident.stream.routing import halo_m_for
+
+        params = params or self.detector_params()
+        try:
+            return RegionMap(
+                resolution=resolution,
+                cell_resolution=params.surge.region_resolution,
+                halo_m=self.scale.halo_m if self.scale.halo_m is not None else halo_m_for(params),
+                partitions=self.routed_partitions,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"scale.region_resolution: {exc}") from None
 
     def detector_params(self) -> DetectorParams:
         """The detector's parameters; ConfigError (naming the key) for what the config models
@@ -400,6 +447,8 @@ class Settings(BaseSettings):
                 surge=SurgeParams(**self.surge.model_dump()),
                 significance=significance,
                 reputation=ReputationParams(**self.reputation.model_dump()),
+                shard_resolution=self.scale.region_resolution,
+                shards=self.routed_partitions if self.scaled_out else 1,
             )
         except ValueError as exc:  # its message names the key
             raise ConfigError(str(exc)) from None

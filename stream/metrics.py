@@ -202,6 +202,12 @@ class WorkerMetrics:
             ["action", "outcome"],
             registry=registry,
         )
+        self.halo_reports_total = Counter(
+            "geoincident_halo_reports_total",
+            "Scale-out: copies of reports owned by a neighbouring region, detected on here too "
+            "(their owner counts them in geoincident_reports_total).",
+            registry=registry,
+        )
         self.dlq_records_total = Counter(
             "geoincident_dlq_records_total",
             "Records produced to dead-letter topics.",
@@ -240,7 +246,10 @@ class WorkerMetrics:
         """
         for outcome, n in counts.items():
             if n:
-                self._outcomes[outcome].inc(n)
+                if outcome == "halo":
+                    self.halo_reports_total.inc(n)
+                else:
+                    self._outcomes[outcome].inc(n)
 
     def count_rejections(self, counts: Mapping[str, int]) -> None:
         """Add a batch's tally of rejection reasons; reasons outside the contract raise."""

@@ -16,6 +16,8 @@ from typing import BinaryIO
 from geoincident.detectors.engine import ACCEPTED, DUPLICATE, UNCLASSIFIED_OUTCOME
 from geoincident.detectors.events import IncidentEvent
 from geoincident.detectors.params import DetectorParams
+from geoincident.geo.regions import RegionMap
+from geoincident.stream.routing import RoutedCores
 from geoincident.stream.runtime import Outputs, WorkerCore
 
 
@@ -64,7 +66,7 @@ BATCH_LINES = 1024
 
 def replay(
     lines: Iterable[bytes],
-    core: WorkerCore,
+    core: WorkerCore | RoutedCores,
     on_event: Callable[[IncidentEvent], None],
     on_reject: Callable[[bytes], None],
     progress: Callable[[int], None] | None = None,
@@ -90,16 +92,21 @@ def replay(
         if progress is not None and read % 65536 < BATCH_LINES:
             progress(read)
     deliver(core.flush())
-    counts = core.detector.counts
+    totals = core.totals
     summary.read = read
-    summary.accepted = counts[ACCEPTED]
-    summary.duplicate = counts[DUPLICATE]
-    summary.unclassified = counts[UNCLASSIFIED_OUTCOME]
+    summary.accepted = totals[ACCEPTED]
+    summary.duplicate = totals[DUPLICATE]
+    summary.unclassified = totals[UNCLASSIFIED_OUTCOME]
     return summary
 
 
-def replay_core(params: DetectorParams, source_name: str) -> WorkerCore:
-    """The worker's core as a replay runs it: one partition, a file for a source."""
+def replay_core(
+    params: DetectorParams, source_name: str, regions: RegionMap | None = None
+) -> WorkerCore | RoutedCores:
+    """The worker's core as a replay runs it: one partition, a file for a source; with
+    `regions` (`[scale]`), both stages of a scaled-out worker (stream/routing.py)."""
+    if regions is not None:
+        return RoutedCores(params, regions, source_name)
     return WorkerCore(params, source_name, source_is_file=True)
 
 
@@ -110,6 +117,7 @@ def replay_files(
     params: DetectorParams,
     source_name: str,
     progress: Callable[[int], None] | None = None,
+    regions: RegionMap | None = None,
 ) -> ReplaySummary:
     """File to file: incidents JSONL to `output`, DLQ records JSONL to `dlq`."""
     write_event = output.write
@@ -121,5 +129,5 @@ def replay_files(
     def on_reject(record: bytes) -> None:
         write_dlq(record + b"\n")
 
-    core = replay_core(params, source_name)
+    core = replay_core(params, source_name, regions)
     return replay(read_lines(input_stream), core, on_event, on_reject, progress)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -44,6 +44,11 @@ from geoincident.detectors.timefmt import format_ms
 log = logging.getLogger("geoincident.worker")
 
 _TOO_LATE = Rejection(TOO_LATE, "older than the watermark minus the window")
+# A record whose processing raised (a defect): DLQ reason, and tracebacks logged at most
+INTERNAL_ERROR = "internal_error"
+MAX_LOGGED_FAILURES = 20
+# The outcome of a halo copy (scale-out): detected on, counted by its owner
+HALO = "halo"
 
 MARK_SPAN_MS = 1000
 _NO_PARTITION = 2**62  # no partition counts for the watermark (yet)
@@ -119,8 +124,13 @@ class WorkerCore:
         idle_advance: bool = True,
         actions_topic: str = "incident-actions",
         source_is_file: bool = False,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.params = params
+        # Scale-out: whether this detector owns an incident (or surge) id. Its detector also
+        # holds copies of incidents owned by a neighbouring region's detector (built from halo
+        # reports, so both agree near the border); only the owner emits them.
+        self.owns = owns
         self.topic = topic
         # A replay reads a file: its DLQ records name no partition, and the offset is the line.
         self.source_is_file = source_is_file
@@ -140,6 +150,7 @@ class WorkerCore:
         # (the group's commit lagging the checkpoint) is skipped, so each takes effect once
         self.action_offsets: dict[int, int] = {}
         self.checkpoint_seq = 0
+        self.failures = 0  # records whose processing raised (see _failed)
         self._lateness_ms = params.allowed_lateness_ms
         # How far back a restart reads the input again: the longest window a report can still
         # be in (local windows; a surge's short window plus the minute being folded).
@@ -155,6 +166,7 @@ class WorkerCore:
         records: Iterable[tuple[int, bytes, int]],
         now_ms: int | None,
         silent: bool = False,
+        halo: Container[int] = (),
     ) -> Outputs:
         """A batch of (offset, value, timestamp_ms) from one partition, in offset order.
 
@@ -162,6 +174,11 @@ class WorkerCore:
         keep their event-time `emitted_at`, nothing depends on when it runs).
         `silent`: records processed before a restart whose outputs were already produced;
         state and counts take them in, nothing is produced again.
+        `halo`: the offsets of halo copies (scale-out: reports owned by a neighbouring region,
+        see geo/regions.py). They are detected on like the others but counted as `halo`, and
+        a halo copy that is rejected is its owner's to send to the DLQ.
+        A record whose processing raises is sent to the DLQ (`internal_error`) and the batch
+        goes on: one bad record must not stop the stream (nor, restarted, stop it again).
         """
         out = Outputs()
         clock = self.partitions.setdefault(partition, PartitionClock())
@@ -187,35 +204,44 @@ class WorkerCore:
             if first_offset is None:
                 first_offset = offset
             last_offset = offset
-            parsed = parse_report(value, taxonomy)
-            if type(parsed) is Rejection:
-                self._reject(out, value, parsed, partition, offset, now_ms)
-                continue
-            report: Report = parsed  # type: ignore[assignment]
-            if report.ts_ms > horizon_ms:
-                problem = future_problem(report, now_ms, self.future_tolerance_ms)  # type: ignore[arg-type]
-                if problem is not None:
-                    self._reject(out, value, problem, partition, offset, now_ms)
+            try:
+                copy = bool(halo) and offset in halo
+                parsed = parse_report(value, taxonomy)
+                if type(parsed) is Rejection:
+                    if not copy:
+                        self._reject(out, value, parsed, partition, offset, now_ms)
                     continue
-            if live and report.id not in arrivals:
-                # before observe: a late report is processed at once and can trigger an
-                # `opened` event right there
-                arrivals[report.id] = timestamp_ms
-                arrival_order.append((now_ms, report.id))  # type: ignore[arg-type]
-            outcome, events = observe(report)
-            if outcome is TOO_LATE:
-                self._reject(out, value, _TOO_LATE, partition, offset, now_ms)
-                continue
-            outcomes[outcome] += 1
-            if events:
-                self._emit(out, events, now_ms)
-            if outcome is ACCEPTED:
-                ts_ms = report.ts_ms
-                if max_ts_ms is None or ts_ms > max_ts_ms:
-                    max_ts_ms = clock.max_ts_ms = ts_ms
-                    if others is not None:
-                        lowest = ts_ms if others > ts_ms else others
-                        detector.raise_watermark(lowest - lateness_ms)
+                report: Report = parsed  # type: ignore[assignment]
+                if report.ts_ms > horizon_ms:
+                    problem = future_problem(report, now_ms, self.future_tolerance_ms)  # type: ignore[arg-type]
+                    if problem is not None:
+                        if not copy:
+                            self._reject(out, value, problem, partition, offset, now_ms)
+                        continue
+                if copy:
+                    report.halo = True
+                elif live and report.id not in arrivals:
+                    # before observe: a late report is processed at once and can trigger an
+                    # `opened` event right there
+                    arrivals[report.id] = timestamp_ms
+                    arrival_order.append((now_ms, report.id))  # type: ignore[arg-type]
+                outcome, events = observe(report)
+                if outcome is TOO_LATE:
+                    if not copy:
+                        self._reject(out, value, _TOO_LATE, partition, offset, now_ms)
+                    continue
+                outcomes[HALO if copy else outcome] += 1
+                if events:
+                    self._emit(out, events, now_ms)
+                if outcome is ACCEPTED:
+                    ts_ms = report.ts_ms
+                    if max_ts_ms is None or ts_ms > max_ts_ms:
+                        max_ts_ms = clock.max_ts_ms = ts_ms
+                        if others is not None:
+                            lowest = ts_ms if others > ts_ms else others
+                            detector.raise_watermark(lowest - lateness_ms)
+            except Exception as error:  # noqa: BLE001 - one record, not the stream
+                self._failed(out, value, error, partition, offset, now_ms)
         if last_offset is None:
             return out
         clock.next_offset = last_offset + 1
@@ -292,11 +318,37 @@ class WorkerCore:
         )
         out.dlq.append(orjson.dumps(record))
 
+    def _failed(
+        self,
+        out: Outputs,
+        value: bytes,
+        error: Exception,
+        partition: int,
+        offset: int,
+        now_ms: int | None,
+    ) -> None:
+        """A record whose processing raised: to the DLQ with the error, logged with its
+        traceback (a defect to report), and the stream goes on."""
+        self.failures += 1
+        if self.failures <= MAX_LOGGED_FAILURES:
+            log.error(
+                "event=record_failed partition=%s offset=%s error=%r",
+                partition,
+                offset,
+                f"{type(error).__name__}: {error}",
+                exc_info=error,
+            )
+        rejection = Rejection(INTERNAL_ERROR, f"{type(error).__name__}: {error}"[:500])
+        self._reject(out, value, rejection, partition, offset, now_ms)
+
     def dlq_partition(self, partition: int) -> int | None:
         """The partition a DLQ record names: the input's, or none for a file (replay)."""
         return None if self.source_is_file else partition
 
     def _emit(self, out: Outputs, events: list[IncidentEvent], now_ms: int | None) -> None:
+        owns = self.owns
+        if owns is not None:
+            events = [event for event in events if owns(event.incident_id)]
         if now_ms is None:
             out.incidents.extend(events)  # replay: event time only
             return
@@ -354,7 +406,7 @@ class WorkerCore:
     # ------------------------------------------------------------------ actions
 
     def on_action(
-        self, value: bytes, partition: int, offset: int, now_ms: int, silent: bool = False
+        self, value: bytes, partition: int, offset: int, now_ms: int | None, silent: bool = False
     ) -> Outputs:
         """One record of the actions topic. An offset already applied (it is in the restored
         checkpoint) is skipped. `silent`: applied before a restart, its outputs produced then;

@@ -100,6 +100,7 @@ def test_the_rejection_reasons_are_the_contracts() -> None:
         "bad_timestamp",
         "future_timestamp",
         "too_late",
+        "internal_error",
     }
 
 

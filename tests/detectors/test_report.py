@@ -126,6 +126,7 @@ def test_every_reason_of_the_contract_is_known():
         "bad_timestamp",
         "future_timestamp",
         "too_late",
+        "internal_error",
     }
 
 

@@ -167,6 +167,26 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes], key: bytes | No
     return asyncio.run(run())
 
 
+def produce_to_partitions(bootstrap: str, topic: str, by_partition: dict[int, list[bytes]]) -> int:
+    """Each partition's values to that partition, in order."""
+
+    async def run() -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            futures = [
+                await producer.send(topic, value, partition=partition)
+                for partition, values in by_partition.items()
+                for value in values
+            ]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        return len(futures)
+
+    return asyncio.run(run())
+
+
 def consume(
     bootstrap: str,
     topic: str,

@@ -188,6 +188,8 @@ def test_every_detector_parameter_is_a_config_key():
         "taxonomy",
         "surge",
         "reputation",
+        "shard_resolution",  # [scale] region_resolution
+        "shards",  # [scale] partitions
     }
     assert _keys("reputation") == _init_fields(ReputationParams)
 
@@ -209,6 +211,7 @@ def _config_keys_of_params():
     """(config key, default parameters, where the loaded value lands) for every parameter."""
     not_keys = {"categories", "significance", "geofences", "defaults", "taxonomy", "surge"}
     not_keys.add("reputation")
+    not_keys |= {"shard_resolution", "shards"}  # from [scale]: see the scale tests
     for name in _init_fields(SurgeParams):
         yield f"surge.{name}", SurgeParams(), lambda p, n=name: getattr(p.surge, n)
     for name in _init_fields(ReputationParams):
