@@ -288,7 +288,8 @@ class Worker:
                     partitions=f"{len(mine)} of {total}",
                     detail="another process is in this consumer group; processing waits until "
                     "this one holds every partition of the reports topic (run one worker per "
-                    "group; deploy by stopping the old worker before starting the new)",
+                    "group, deploying by stopping the old worker before starting the new; or "
+                    "set [scale] region_resolution to share detection between processes)",
                 )
             )
         elif self.shared_group:

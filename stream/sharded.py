@@ -59,6 +59,7 @@ class ShardedWorker(Worker):
         self.shared_group = False
         self._assigned: set[int] = set()
         self._sources: list[int] = []  # the reports partitions this process routes
+        self._source_next: dict[int, int] = {}  # ... and the next offset to route of each
         self._restore_locks: dict[int, asyncio.Lock] = {}
         self._step = asyncio.Lock()
         self._last_checkpoint: dict[int, float] = {}
@@ -135,6 +136,9 @@ class ShardedWorker(Worker):
     async def on_source(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
         """A batch of `reports`: each report to its region's partition (and the halo's); the
         batch is acknowledged (committed) once the broker has every copy."""
+        records = await self._contiguous(partition, records)
+        if not records:
+            return
         routed = self.router.route_reports(partition, records, now_ms())
         send = self.app.producer.send
         topic = self.settings.topics.routed
@@ -153,6 +157,26 @@ class ShardedWorker(Worker):
             self.metrics.count_rejections(routed.rejections)
             self.metrics.count_dlq(self.settings.topics.reports_dlq, len(routed.dlq))
         self.halo_copies += routed.halo_copies
+
+    async def _contiguous(
+        self, partition: int, records: list[tuple[int, bytes, int]]
+    ) -> list[tuple[int, bytes, int]]:
+        """The batch, without what this process routed already and preceded by any offsets
+        the group skipped (Faust can drop the batch it delivered right after its start-up
+        seek and move past it): every report is routed before its offset is committed."""
+        topic = self.settings.topics.reports
+        expected = self._source_next.get(partition)
+        if expected is None:
+            expected = (await self.committed_offsets(topic, [partition])).get(partition, 0)
+        if records[0][0] < expected:
+            records = [r for r in records if r[0] >= expected]
+        elif records[0][0] > expected:
+            missing = await self.read_range(topic, partition, expected, records[0][0])
+            self._log_gap(topic, partition, expected, records[0][0], len(missing))
+            records = missing + records
+        if records:
+            self._source_next[partition] = records[-1][0] + 1
+        return records
 
     async def on_source_action(self, value: bytes, partition: int, offset: int) -> None:
         copies, out = self.router.route_action(value, partition, offset, now_ms())
@@ -193,16 +217,22 @@ class ShardedWorker(Worker):
                 missing = await self.read_range(
                     self.settings.topics.routed, partition, position, records[0][0]
                 )
-                self.app_log_gap(partition, position, records[0][0], len(missing))
+                self._log_gap(
+                    self.settings.topics.routed, partition, position, records[0][0], len(missing)
+                )
                 records = missing + records
             out = core.on_routed(records, now_ms())
             await self.produce(out)
             await self.maybe_checkpoint_partition(partition, core, in_event=True)
 
-    def app_log_gap(self, partition: int, start: int, end: int, count: int) -> None:
+    def _log_gap(self, topic: str, partition: int, start: int, end: int, count: int) -> None:
         from geoincident.stream.app import log
 
-        log.warning(logfmt("gap_filled", partition=partition, start=start, end=end, records=count))
+        log.warning(
+            logfmt(
+                "gap_filled", topic=topic, partition=partition, start=start, end=end, records=count
+            )
+        )
 
     async def ensure_core(self, partition: int) -> RegionCore:
         """The detector of a routed partition, restored from its checkpoint on first use: the
@@ -291,6 +321,9 @@ class ShardedWorker(Worker):
         for source in list(self.router.sources):
             if source not in sources:
                 del self.router.sources[source]
+        for source in list(self._source_next):
+            if source not in sources:
+                del self._source_next[source]  # if it comes back: from the group's commit
         log.info(
             logfmt(
                 "partitions_assigned",

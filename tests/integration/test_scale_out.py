@@ -231,6 +231,14 @@ class Cluster:
         return "\n---\n".join(w.tail(30) for w in self.workers)
 
 
+def holds_partitions(worker: WorkerProcess) -> bool:
+    try:
+        status, stats = worker.get("/stats")
+    except OSError:
+        return False
+    return status == 200 and bool(stats.get("routed_partitions"))
+
+
 def wait(predicate: Callable[[], bool], timeout_s: float, describe: Callable[[], str]) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -314,7 +322,7 @@ def test_killed_joining_and_leaving_workers_change_nothing(city, bootstrap, topi
     names, values, planted, expected = city
     cluster = Cluster(bootstrap, names, topic_name, tmp_path)
     want = len(values)
-    slices = 60
+    slices = 120
     parts = by_reporter(values)
 
     def feed() -> None:
@@ -327,15 +335,24 @@ def test_killed_joining_and_leaving_workers_change_nothing(city, bootstrap, topi
             time.sleep(1.0)
 
     feeder = threading.Thread(target=feed, daemon=True)
+    killed_holding: list[int] = []
     try:
         with Tail(bootstrap, cluster.names["incidents"]) as tail:
             first, second = cluster.add(), cluster.add()
             feeder.start()
-            for _ in range(5):
-                time.sleep(5)
+            for cycle in range(5):
+                # killed while it holds routed partitions and is detecting on them
+                wait(
+                    lambda: holds_partitions(second),
+                    120,
+                    lambda: f"the second worker never got partitions\n{second.tail()}",
+                )
+                time.sleep(1.0 + cycle * 0.5)
+                killed_holding.append(len(second.get("/stats")[1]["routed_partitions"]))
                 second.kill(signal.SIGKILL)
-                time.sleep(2)
+                time.sleep(1)
                 second.start()
+            feeder_done_after_kills = [feeder.is_alive()]
             third = cluster.add()
             time.sleep(10)
             first.stop()
@@ -357,5 +374,8 @@ def test_killed_joining_and_leaving_workers_change_nothing(city, bootstrap, topi
         assert same_incidents(found, expected) == [], cluster.logs()
         assert cluster.accepted() == want  # each report accepted once, by its owner
         assert second.starts == 6
+        assert len(killed_holding) == 5 and min(killed_holding) >= 1, killed_holding
+        # the stream was still arriving at the last kill
+        assert feeder_done_after_kills[0], "the stream had ended before the kills"
     finally:
         cluster.stop()
