@@ -353,13 +353,13 @@ async def _child_incidents(args: argparse.Namespace) -> None:
 def _gated_main(argv: list[str]) -> None:
     """`worker.py _gated GATE worker --brokers ...`: `geoincident worker` (the CLI, unchanged),
     except that with `[scale]` set the first batch of `reports` it takes waits until the file
-    GATE exists. Nothing is routed, so nothing detected, before the bench opens the gate.
+    GATE exists, then goes on as usual. Nothing is routed, so nothing detected, before the bench
+    opens the gate; records fetched meanwhile wait in Faust's buffers as behind a busy agent.
 
-    Records fetched meanwhile wait in Faust's buffers as they would behind a busy agent. If a
-    rebalance came while the batch waited (the other process joined), the batch is dropped
-    without routing: the rebalance revoked every partition and Faust reads each again from the
-    group's committed offset (none yet: the start), on whichever process now holds it, so
-    routing it here too would only add duplicate copies."""
+    If a rebalance came while the batch waited, it is still routed, as the worker routes a
+    batch it was busy with when its partition moved: at least once (the partition's new owner
+    may route it too, and its duplicates show in the outcomes). Dropping it instead lost
+    reports in a trial: Faust did not always read the partition again from the start."""
     gate = Path(argv[0])
     from geoincident.stream import cli
     from geoincident.stream.sharded import ShardedWorker
@@ -369,13 +369,10 @@ def _gated_main(argv: list[str]) -> None:
 
     async def gated(self: ShardedWorker, partition: int, records: list) -> None:
         nonlocal opened
-        if not opened:
-            generation = self.app.consumer_generation_id
-            while not gate.exists():
+        while not opened:
+            opened = gate.exists()
+            if not opened:
                 await asyncio.sleep(0.02)
-            opened = True
-            if self.app.consumer_generation_id != generation:
-                return
         await route(self, partition, records)
 
     ShardedWorker.on_source = gated  # type: ignore[method-assign]
@@ -1500,11 +1497,11 @@ def scale_text(data: dict) -> str:
         f"topic and output topics per row). As the topic is preloaded, the first process to join "
         f"would route much of it alone before the second joined, so each process runs the "
         f"worker through a wrapper that holds its first `reports` batch until the bench opens a "
-        f"gate (a batch taken before a rebalance is then dropped: the rebalance sends every "
-        f"partition back to the group's committed offset, the start, on whichever process now "
-        f"holds it); the bench opens the gate once every process answers `/ready` and their "
-        f"routed partitions are disjoint and cover all {SCALE_PARTITIONS}, twice in a row, "
-        f"i.e. the group has settled with every process in it. Then it is timed as the worker "
+        f"gate, which it does once every process answers `/ready` and their routed partitions "
+        f"are disjoint and cover all {SCALE_PARTITIONS}, twice in a row, i.e. the group has "
+        f"settled with every process in it (a batch held across a rebalance is routed as the "
+        f"worker routes any batch it was busy with then: at least once, duplicates would show "
+        f"in the notes). Then it is timed as the worker "
         f"above, on the sum over the processes of their `/stats` totals accepted + rejected + "
         f"duplicate + unclassified (halo copies are not input). CPU is each process's (and the "
         f"broker's) CPU time over the timed window, in cores."
@@ -1554,7 +1551,7 @@ def scale_text(data: dict) -> str:
         )
     else:
         reasons.append(
-            f"of the broker: the cores were not saturated, but each process routes one batch "
+            f"of waits on the broker (the cores were not saturated): each process routes one batch "
             f"at a time and waits for the broker to acknowledge all its copies before taking "
             f"the next (stream/sharded.py `on_source`), both processes share the one broker, "
             f"and {through_broker}"

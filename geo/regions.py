@@ -156,8 +156,9 @@ def _distance_to_ring_m(lat: float, lon: float, ring: Ring) -> float:
     for i in range(n):
         alat, alon = ring[i]
         blat, blon = ring[(i + 1) % n]
-        ax, ay = (alon - lon) * kx, (alat - lat) * ky
-        bx, by = (blon - lon) * kx, (blat - lat) * ky
+        # longitudes as offsets from the point's, across the antimeridian too
+        ax, ay = _wrap(alon - lon) * kx, (alat - lat) * ky
+        bx, by = _wrap(blon - lon) * kx, (blat - lat) * ky
         d = _point_segment(0.0, 0.0, ax, ay, bx, by)
         if d < best:
             best = d
@@ -172,6 +173,11 @@ def _ring_distance_m(a: Ring, b: Ring) -> float:
     for lat, lon in b:
         best = min(best, _distance_to_ring_m(lat, lon, a))
     return best
+
+
+def _wrap(dlon: float) -> float:
+    """A longitude difference in [-180, 180)."""
+    return (dlon + 180.0) % 360.0 - 180.0
 
 
 def _point_segment(px: float, py: float, ax: float, ay: float, bx: float, by: float) -> float:

@@ -23,18 +23,22 @@ file), so the workers and a replay of their input agree, whatever the number of 
 
 from __future__ import annotations
 
+import heapq
 import logging
 import struct
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import orjson
 
 from geoincident.detectors.actions import ActionError, parse_action
+from geoincident.detectors.events import IncidentEvent
 from geoincident.detectors.lifecycle import shard_of_id
 from geoincident.detectors.params import DetectorParams
 from geoincident.detectors.report import Rejection, Report, dlq_record, parse_report
+from geoincident.detectors.taxonomy import UNCLASSIFIED
 from geoincident.geo.regions import RegionMap
 from geoincident.stream.runtime import _NO_PARTITION, Outputs, PartitionClock, WorkerCore
 
@@ -50,20 +54,35 @@ ACTION = 2
 MARK = 3
 _MARK = struct.Struct(">qq")
 OWNER = 1  # flag: the copy its partition owns (a report's owner region; an action's answerer)
-_HEADER = struct.Struct(">BBH")
+# magic, kind, flags, channel, floor: a report's floor is the latest event time its router had
+# routed from its source partition before it (-1: none), so that the routed partition judges
+# it against the same event time as an unsharded worker reading that partition would,
+# whatever went to other regions in between
+_MAGIC = 0x67
+_HEADER = struct.Struct(">BBBHq")
 HEADER_SIZE = _HEADER.size
+_KINDS = (REPORT, ACTION, MARK)
 
 
-def envelope(kind: int, owner: bool, channel: int, value: bytes) -> bytes:
-    return _HEADER.pack(kind, OWNER if owner else 0, channel) + value
+def envelope(kind: int, owner: bool, channel: int, value: bytes, floor: int = -1) -> bytes:
+    return _HEADER.pack(_MAGIC, kind, OWNER if owner else 0, channel, floor) + value
+
+
+def open_routed(value: bytes) -> tuple[int, bool, int, int, bytes]:
+    """(kind, owner copy, channel, floor, original bytes); kind 0 for a value that is not a
+    routed record."""
+    if len(value) < HEADER_SIZE:
+        return 0, False, 0, -1, value
+    magic, kind, flags, channel, floor = _HEADER.unpack_from(value)
+    if magic != _MAGIC or kind not in _KINDS:
+        return 0, False, 0, -1, value
+    return kind, bool(flags & OWNER), channel, floor, value[HEADER_SIZE:]
 
 
 def open_envelope(value: bytes) -> tuple[int, bool, int, bytes]:
     """(kind, owner copy, channel, original bytes); kind 0 for a value that is not one."""
-    if len(value) < HEADER_SIZE:
-        return 0, False, 0, value
-    kind, flags, channel = _HEADER.unpack_from(value)
-    return kind, bool(flags & OWNER), channel, value[HEADER_SIZE:]
+    kind, owner, channel, _, payload = open_routed(value)
+    return kind, owner, channel, payload
 
 
 def halo_m_for(params: DetectorParams) -> float:
@@ -90,12 +109,18 @@ class Router:
     """Stage 1: validate, find the owning region (and the halo's), wrap, pick partitions."""
 
     def __init__(
-        self, params: DetectorParams, regions: RegionMap, topic: str, actions_topic: str
+        self,
+        params: DetectorParams,
+        regions: RegionMap,
+        topic: str,
+        actions_topic: str,
+        future_tolerance_s: float = 300.0,
     ) -> None:
         self.params = params
         self.regions = regions
         self.topic = topic
         self.actions_topic = actions_topic
+        self.future_tolerance_ms = int(future_tolerance_s * 1000)
         # source partition -> (latest event time routed or None, wall time of its last batch)
         self.sources: dict[int, tuple[int | None, int]] = {}
 
@@ -117,14 +142,16 @@ class Router:
         partition: int,
         records: Iterable[tuple[int, bytes, int]],
         now_ms: int | None,
-        dlq_partition: int | None = None,
+        dlq_partition: int | None | Literal["source"] = "source",
     ) -> Routed:
-        """A batch of (offset, value, timestamp_ms) of `reports` partition `partition`."""
+        """A batch of (offset, value, timestamp_ms) of `reports` partition `partition`.
+        `dlq_partition`: what DLQ records name (the source partition; None for a file)."""
         routed = Routed()
         out = routed.records
         taxonomy = self.params.taxonomy
         targets = self.regions.targets
         max_ts_ms = self.sources.get(partition, (None, 0))[0]
+        horizon_ms = 2**62 if now_ms is None else now_ms + self.future_tolerance_ms
         for offset, value, timestamp_ms in records:
             parsed = parse_report(value, taxonomy)
             if type(parsed) is Rejection:
@@ -133,20 +160,32 @@ class Router:
                     value,
                     parsed,
                     topic=self.topic,
-                    partition=dlq_partition if dlq_partition is not None else partition,
+                    partition=partition if dlq_partition == "source" else dlq_partition,
                     offset=offset,
                     received_at_ms=now_ms,
                 )
                 routed.dlq.append(orjson.dumps(record))
                 continue
             report: Report = parsed  # type: ignore[assignment]
-            if max_ts_ms is None or report.ts_ms > max_ts_ms:
-                max_ts_ms = report.ts_ms
+            floor = -1 if max_ts_ms is None else max_ts_ms
             owner, others = targets(report.lat, report.lon)
-            out.append((owner, envelope(REPORT, True, partition, value), timestamp_ms, offset))
+            out.append(
+                (owner, envelope(REPORT, True, partition, value, floor), timestamp_ms, offset)
+            )
             for other in others:
-                out.append((other, envelope(REPORT, False, partition, value), timestamp_ms, offset))
+                copy = envelope(REPORT, False, partition, value, floor)
+                out.append((other, copy, timestamp_ms, offset))
             routed.halo_copies += len(others)
+            # what moves an unsharded partition's event time: a report its detector accepts
+            # (one from the future or of no category is refused there; a too-late or repeated
+            # one is older than what was routed already)
+            ts_ms = report.ts_ms
+            if (
+                (max_ts_ms is None or ts_ms > max_ts_ms)
+                and ts_ms <= horizon_ms
+                and report.category != UNCLASSIFIED
+            ):
+                max_ts_ms = ts_ms
         routed.max_ts_ms = max_ts_ms
         return routed
 
@@ -240,7 +279,8 @@ class RegionCore(WorkerCore):
         return owned
 
     def dlq_partition(self, partition: int) -> int | None:
-        return self.partition  # where the record was read: this routed partition
+        # where the record was read: this routed partition (a replay: the file, no partition)
+        return None if self.source_is_file else self.partition
 
     @property
     def position(self) -> int:
@@ -269,22 +309,25 @@ class RegionCore(WorkerCore):
         out = Outputs()
         run: list[tuple[int, bytes, int]] = []
         halo: set[int] = set()
+        floors: dict[int, int] = {}
         channel = -1
         for offset, value, timestamp_ms in records:
-            kind, owner, source, payload = open_envelope(value)
+            kind, owner, source, floor, payload = open_routed(value)
             if kind == REPORT:
                 if source != channel and run:
-                    out.extend(self.on_reports(channel, run, now_ms, silent, halo))
-                    run, halo = [], set()
+                    out.extend(self.on_reports(channel, run, now_ms, silent, halo, floors))
+                    run, halo, floors = [], set(), {}
                 channel = source
                 self._idle[source] = 0
                 run.append((offset, payload, timestamp_ms))
                 if not owner:
                     halo.add(offset)
+                if floor >= 0:
+                    floors[offset] = floor
                 continue
             if run:
-                out.extend(self.on_reports(channel, run, now_ms, silent, halo))
-                run, halo = [], set()
+                out.extend(self.on_reports(channel, run, now_ms, silent, halo, floors))
+                run, halo, floors = [], set(), {}
             if kind == ACTION:
                 out.extend(self._action(payload, offset, now_ms, silent, owner))
             elif kind == MARK:
@@ -299,12 +342,20 @@ class RegionCore(WorkerCore):
                     "not a routed record (written by something else?)",
                 )
         if run:
-            out.extend(self.on_reports(channel, run, now_ms, silent, halo))
+            out.extend(self.on_reports(channel, run, now_ms, silent, halo, floors))
         return out
 
     def _mark(self, channel: int, payload: bytes, offset: int, now_ms: int | None) -> Outputs:
         """A router's mark: the channel's event time moves to what was routed from its
         source partition (to any region), its idle advance to how long that has been quiet."""
+        if len(payload) != _MARK.size:
+            log.warning(
+                "event=routed_record_skipped partition=%s offset=%s detail=%s",
+                self.partition,
+                offset,
+                "a mark of the wrong size",
+            )
+            return Outputs()
         max_ts_ms, idle_ms = _MARK.unpack(payload)
         clock = self.partitions.setdefault(channel, PartitionClock())
         clock.next_offset = max(clock.next_offset, offset + 1)
@@ -356,7 +407,7 @@ class RegionCore(WorkerCore):
         taxonomy = self.params.taxonomy
         reports = []
         for value in values:
-            kind, owner, _, payload = open_envelope(value)
+            kind, owner, _, _, payload = open_routed(value)
             if kind != REPORT:
                 continue
             parsed = parse_report(payload, taxonomy)
@@ -371,7 +422,11 @@ class RegionCore(WorkerCore):
 
 class RoutedCores:
     """Both stages in one process, over one source partition: what `geoincident replay` runs
-    with `[scale]` set (and the tests), so that a replay gives the workers' incidents."""
+    with `[scale]` set (and the tests), so that a replay gives the workers' incidents.
+
+    Each routed partition's events come out in their own order; across partitions they are
+    merged by `emitted_at` (event time in a replay) once the input has ended, and the DLQ
+    records by line, so the output does not depend on how the input was cut into batches."""
 
     def __init__(self, params: DetectorParams, regions: RegionMap, source_name: str) -> None:
         self.router = Router(params, regions, source_name, "incident-actions")
@@ -381,34 +436,61 @@ class RoutedCores:
         for core in self.cores:
             core.source_is_file = True
         self.totals: Counter[str] = Counter()
+        self._events: list[list[IncidentEvent]] = [[] for _ in self.cores]
+        self._dlq: list[tuple[int, bytes]] = []
 
     def on_reports(
         self, partition: int, records: list[tuple[int, bytes, int]], now_ms: int | None
     ) -> Outputs:
+        """Route and detect a batch; its events and DLQ records wait for `flush`."""
         routed = self.router.route_reports(partition, records, now_ms, dlq_partition=None)
-        out = Outputs(dlq=routed.dlq, rejections=routed.rejections)
+        out = Outputs(rejections=routed.rejections)
         out.outcomes["rejected"] += len(routed.dlq)
+        self._dlq.extend(zip((_dlq_offset(r) for r in routed.dlq), routed.dlq, strict=True))
         by_partition: list[list[tuple[int, bytes, int]]] = [[] for _ in self.cores]
         # a copy's offset in its routed partition: the record's in the source (a line number
         # for a file), the same in every partition it is copied to
         for target, value, timestamp_ms, offset in routed.records:
             by_partition[target].append((offset, value, timestamp_ms))
-        for core, batch in zip(self.cores, by_partition, strict=True):
-            if batch:
-                out.extend(core.on_routed(batch, now_ms))
+        if records:
+            # what the worker's routers say every second: where the source stands
+            last = records[-1][0]
+            max_ts_ms = -1 if routed.max_ts_ms is None else routed.max_ts_ms
+            mark = envelope(MARK, False, partition, _MARK.pack(max_ts_ms, 0))
+            for batch in by_partition:
+                batch.append((last, mark, 0))
+        for index, (core, batch) in enumerate(zip(self.cores, by_partition, strict=True)):
+            self._take(index, core.on_routed(batch, now_ms), out)
         self.totals.update(out.outcomes)
         return out
 
+    def _take(self, index: int, core_out: Outputs, out: Outputs) -> None:
+        self._events[index].extend(core_out.incidents)
+        self._dlq.extend((_dlq_offset(r), r) for r in core_out.dlq)
+        out.outcomes.update(core_out.outcomes)
+        out.rejections.update(core_out.rejections)
+
     def flush(self, now_ms: int | None = None) -> Outputs:
         """End of input: event time moves to the latest report seen in any partition (as
-        one detector's would; the quiet resolutions due by then happen everywhere)."""
+        one detector's would; the quiet resolutions due by then happen everywhere); then
+        every event and DLQ record, merged."""
         out = Outputs()
         seen = [c.detector.max_ts_ms for c in self.cores if c.detector.max_ts_ms is not None]
-        for core in self.cores:
+        for index, core in enumerate(self.cores):
             if seen:
                 core.detector.raise_watermark(max(seen))
-            out.extend(core.flush(now_ms))
+            self._take(index, core.flush(now_ms), out)
+        out.incidents = list(heapq.merge(*self._events, key=lambda e: e.emitted_at))
+        self._dlq.sort(key=lambda item: item[0])
+        out.dlq = [record for _, record in self._dlq]
+        self._events = [[] for _ in self.cores]
+        self._dlq = []
         return out
+
+
+def _dlq_offset(record: bytes) -> int:
+    offset = orjson.loads(record).get("offset")
+    return offset if isinstance(offset, int) else -1
 
 
 def region_map(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -167,6 +167,7 @@ class WorkerCore:
         now_ms: int | None,
         silent: bool = False,
         halo: Container[int] = (),
+        floors: Mapping[int, int] | None = None,
     ) -> Outputs:
         """A batch of (offset, value, timestamp_ms) from one partition, in offset order.
 
@@ -177,6 +178,9 @@ class WorkerCore:
         `halo`: the offsets of halo copies (scale-out: reports owned by a neighbouring region,
         see geo/regions.py). They are detected on like the others but counted as `halo`, and
         a halo copy that is rejected is its owner's to send to the DLQ.
+        `floors`: offset -> the event time this partition had reached before that record
+        (scale-out: what its router had routed from the source partition, to any region), so
+        it is judged as an unsharded worker reading the source partition would judge it.
         A record whose processing raises is sent to the DLQ (`internal_error`) and the batch
         goes on: one bad record must not stop the stream (nor, restarted, stop it again).
         """
@@ -205,6 +209,13 @@ class WorkerCore:
                 first_offset = offset
             last_offset = offset
             try:
+                if floors:
+                    floor = floors.get(offset)
+                    if floor is not None and (max_ts_ms is None or floor > max_ts_ms):
+                        max_ts_ms = clock.max_ts_ms = floor
+                        if others is not None:
+                            lowest = floor if others > floor else others
+                            detector.raise_watermark(lowest - lateness_ms)
                 copy = bool(halo) and offset in halo
                 parsed = parse_report(value, taxonomy)
                 if type(parsed) is Rejection:
@@ -241,7 +252,9 @@ class WorkerCore:
                             lowest = ts_ms if others > ts_ms else others
                             detector.raise_watermark(lowest - lateness_ms)
             except Exception as error:  # noqa: BLE001 - one record, not the stream
-                self._failed(out, value, error, partition, offset, now_ms)
+                self._failed(
+                    out, value, error, partition, offset, now_ms, bool(halo) and offset in halo
+                )
         if last_offset is None:
             return out
         clock.next_offset = last_offset + 1
@@ -326,9 +339,11 @@ class WorkerCore:
         partition: int,
         offset: int,
         now_ms: int | None,
+        copy: bool = False,
     ) -> None:
-        """A record whose processing raised: to the DLQ with the error, logged with its
-        traceback (a defect to report), and the stream goes on."""
+        """A record whose processing raised: to the DLQ with the error (unless it is a halo
+        copy: its owner answers for it), logged with its traceback (a defect to report), and
+        the stream goes on."""
         self.failures += 1
         if self.failures <= MAX_LOGGED_FAILURES:
             log.error(
@@ -338,6 +353,8 @@ class WorkerCore:
                 f"{type(error).__name__}: {error}",
                 exc_info=error,
             )
+        if copy:
+            return
         rejection = Rejection(INTERNAL_ERROR, f"{type(error).__name__}: {error}"[:500])
         self._reject(out, value, rejection, partition, offset, now_ms)
 

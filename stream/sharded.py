@@ -52,7 +52,13 @@ class ShardedWorker(Worker):
         assert regions is not None, "ShardedWorker needs [scale] region_resolution"
         self.regions = regions
         topics = settings.topics
-        self.router = Router(params, regions, topics.reports, topics.actions)
+        self.router = Router(
+            params,
+            regions,
+            topics.reports,
+            topics.actions,
+            future_tolerance_s=settings.detection.future_tolerance_s,
+        )
         self.cores: dict[int, RegionCore] = {}
         self.metrics = metrics or WorkerMetrics(categories=params.taxonomy.names)
         self.ready = False

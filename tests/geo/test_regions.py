@@ -202,12 +202,6 @@ ANTIMERIDIAN = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: geo/regions.py _distance_to_ring_m projects (vertex lon - point lon) without "
-    "wrapping at +-180, so near the antimeridian a ring with vertices on both sides (or on the "
-    "other side) is measured ~360 degrees wide: halo regions are missed and far ones added",
-)
 @pytest.mark.parametrize("point", ANTIMERIDIAN)
 def test_the_halo_is_right_across_the_antimeridian(point):
     assert halo_problems(region_map(5, 6, 2000.0), *point) == []

@@ -38,6 +38,7 @@ from geoincident.stream.routing import (
     envelope,
     halo_m_for,
     open_envelope,
+    open_routed,
 )
 from geoincident.stream.runtime import INTERNAL_ERROR, Outputs, WorkerCore
 from tests.builders import MINUTE_MS, SPOT, T0_MS, line, report, ring
@@ -195,10 +196,12 @@ def replay_both(values: list[bytes]) -> dict[str, tuple[list[dict], list[dict]]]
 @pytest.mark.parametrize("owner", [True, False])
 @pytest.mark.parametrize("channel", [0, 3, 65_535])
 @pytest.mark.parametrize("value", [b"", b'{"id":"r-1"}', bytes(range(256))])
-def test_an_envelope_opens_to_what_was_put_in(kind, owner, channel, value):
-    wrapped = envelope(kind, owner, channel, value)
-    assert len(wrapped) == HEADER_SIZE + len(value) == 4 + len(value)
+@pytest.mark.parametrize("floor", [-1, 0, 1_764_000_000_000])
+def test_an_envelope_opens_to_what_was_put_in(kind, owner, channel, value, floor):
+    wrapped = envelope(kind, owner, channel, value, floor)
+    assert len(wrapped) == HEADER_SIZE + len(value)
     assert open_envelope(wrapped) == (kind, owner, channel, value)
+    assert open_routed(wrapped) == (kind, owner, channel, floor, value)
 
 
 @pytest.mark.parametrize("value", [b"", b"\x01", b"\x01\x01\x00"])
@@ -206,12 +209,6 @@ def test_a_value_shorter_than_a_header_opens_as_kind_0(value):
     assert open_envelope(value) == (0, False, 0, value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: open_envelope documents 'kind 0 for a value that is not one' but only checks "
-    "the length: a foreign value of 4+ bytes opens as kind = its first byte (123 for a JSON "
-    "report), and one starting with 0x01-0x03 is taken for a report, an action or a mark",
-)
 def test_a_foreign_value_opens_as_kind_0():
     value = line(report("r-1", 0))
     assert open_envelope(value)[0] == 0
@@ -228,12 +225,6 @@ def test_a_region_core_skips_what_is_not_a_routed_record_and_goes_on(caplog):
     assert out.dlq == [] and out.outcomes == Counter(accepted=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RegionCore._mark unpacks the payload of any kind-3 value without checking "
-    "its length: b'\\x03\\x00\\x00\\x00' (a truncated mark, or a foreign value starting with "
-    "0x03) raises struct.error out of on_routed, which stops the detect agent",
-)
 def test_a_malformed_mark_does_not_stop_the_core():
     core = RegionCore(PARAMS, ONE, 0, "routed", channels=[0], now_ms=NOW_MS)
     out = core.on_routed(batch([b"\x03\x00\x00\x00", *owned([report("good", 0)])]), NOW_MS)
@@ -521,13 +512,6 @@ def test_a_silent_router_holds_event_time_whatever_the_wall_clock_until_its_mark
     assert core.watermark_ms(later) == T0_MS + 85 * MINUTE_MS - LATENESS_MS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Router.route_reports raises a source's max_ts_ms for every report that "
-    "parses, including ones the core will not accept (a future timestamp, unclassified); "
-    "the marks carry it to every routed partition and the channel's event time jumps: "
-    "every on-time report after it is too_late, where an unsharded worker accepts them",
-)
 @pytest.mark.parametrize(
     "ahead",
     [
@@ -654,13 +638,6 @@ def test_a_record_whose_processing_raises_goes_to_the_dlq_and_the_stream_goes_on
     assert event.trigger_report_id == "c5"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: WorkerCore.on_reports sends a halo copy whose processing raises to the DLQ "
-    "(_failed does not check `copy`), unlike every other rejection of a halo copy: a report "
-    "that fails everywhere is DLQ'd once per partition it is copied to, and counted rejected "
-    "as often",
-)
 def test_a_report_failing_in_every_detector_goes_to_the_dlq_once(monkeypatch):
     point, bearing = border_site()
     lat, lon = destination(*point, bearing, 30.0)
@@ -675,8 +652,9 @@ def test_a_report_failing_in_every_detector_goes_to_the_dlq_once(monkeypatch):
     monkeypatch.setattr(Detector, "observe", observe_or_fail)
     cores = scaled_core()
     out = cores.on_reports(0, batch([line(report("x", 0, lat, lon))]), None)
-    assert [r["reason"] for r in dlq(out)] == [INTERNAL_ERROR]
     assert out.outcomes["rejected"] == 1
+    # a replay writes DLQ records at the end, merged by line
+    assert [r["reason"] for r in dlq(cores.flush())] == [INTERNAL_ERROR]
 
 
 # ---------------------------------------------------------------------------- budget, config
@@ -766,13 +744,6 @@ def test_routed_cores_replay_one_detectors_incidents_the_same_every_time(seed, f
     assert sorted(cut) == sorted(scaled) and sorted(cut_dlq) == sorted(scaled_dlq)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RoutedCores.on_reports concatenates the cores' outputs batch by batch "
-    "(partition 0's events, then 1's, ...), so a scaled replay's output order depends on "
-    "where the batches are cut (replay.py: 'any batch cut gives the same events in the same "
-    "order'), and is not in event-time order",
-)
 def test_routed_cores_replay_the_same_bytes_whatever_the_batch_cuts():
     values = sparse_city(0, 0.25)
     whole, _ = feed(scaled_core(), values)
@@ -780,13 +751,6 @@ def test_routed_cores_replay_the_same_bytes_whatever_the_batch_cuts():
     assert cut == whole
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RoutedCores gives each core only the reports routed to it and no marks, so a "
-    "core's event time is its own regions' latest report: a report too late for the stream "
-    "(unsharded replay: too_late) is accepted by a core that has not seen the later reports, "
-    "and can open an incident one detector never opens",
-)
 def test_a_scaled_replay_judges_late_reports_as_one_detector_does():
     regions = regions_of()
     cluster = ring(5, 40, centre=h3.cell_to_latlng(regions.region_of(*SPOT)))  # no halo
@@ -807,13 +771,6 @@ def test_a_scaled_replay_judges_late_reports_as_one_detector_does():
     assert [e for e in scaled_events if e["event"] == "opened"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with [scale] a replay's DLQ records name a partition where the unsharded "
-    "replay's name none (a file): RoutedCores passes dlq_partition=None to the router, which "
-    "then names source partition 0, and RegionCore.dlq_partition names the routed partition, "
-    "ignoring source_is_file (topic 'reports', the line as offset, a routed partition number)",
-)
 def test_a_scaled_replay_writes_one_detectors_dlq_records():
     regions = regions_of()
     rng = random.Random(6)
