@@ -23,6 +23,7 @@ from geoincident.stream.batching import BATCH_CODEC
 from geoincident.stream.batching import install as install_batching
 from geoincident.stream.checkpoint import CheckpointError, decode, encode
 from geoincident.stream.config import Settings
+from geoincident.stream.liveness import BrokerLiveness
 from geoincident.stream.metrics import WorkerMetrics
 from geoincident.stream.runtime import CHECKPOINT_VERSION, Outputs, WorkerCore
 
@@ -100,6 +101,10 @@ class Worker:
             actions_topic=topics.actions,
         )
         self.metrics = metrics or WorkerMetrics(categories=params.taxonomy.names)
+        # Broker outages: /ready, geoincident_broker_* and the log (stream/liveness.py)
+        self.liveness = BrokerLiveness(
+            settings.kafka.brokers, kafka_client_options(settings), self.metrics
+        )
         self.ready = False
         self._restored = False
         self._restore_lock = asyncio.Lock()
@@ -152,10 +157,12 @@ class Worker:
         async def health(web: Any, request: Any) -> Any:
             return web.json({"status": "ok", "version": __version__})
 
+        app.task(self.liveness.run)
+
         @app.page("/ready")
         async def ready(web: Any, request: Any) -> Any:
-            status = 200 if self.ready else 503
-            return web.json({"ready": self.ready}, status=status)
+            ready = self.ready and self.liveness.up
+            return web.json({"ready": ready}, status=200 if ready else 503)
 
         @app.page("/stats")
         async def stats(web: Any, request: Any) -> Any:

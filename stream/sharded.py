@@ -22,6 +22,7 @@ from geoincident.stream.app import (
     Worker,
     _StateTable,
     _stop_unacked,
+    kafka_client_options,
     logfmt,
     now_ms,
 )
@@ -29,6 +30,7 @@ from geoincident.stream.batching import BATCH_CODEC
 from geoincident.stream.batching import install as install_batching
 from geoincident.stream.checkpoint import encode
 from geoincident.stream.config import Settings
+from geoincident.stream.liveness import BrokerLiveness
 from geoincident.stream.metrics import WorkerMetrics
 from geoincident.stream.routing import RegionCore, Router
 
@@ -61,6 +63,10 @@ class ShardedWorker(Worker):
         )
         self.cores: dict[int, RegionCore] = {}
         self.metrics = metrics or WorkerMetrics(categories=params.taxonomy.names)
+        # Broker outages: /ready, geoincident_broker_* and the log (stream/liveness.py)
+        self.liveness = BrokerLiveness(
+            settings.kafka.brokers, kafka_client_options(settings), self.metrics
+        )
         self.ready = False
         self.shared_group = False
         self._assigned: set[int] = set()

@@ -54,6 +54,8 @@ def test_contract_metrics_exist_with_their_types() -> None:
     assert found["geoincident_reporter_weight_mean"] == "gauge"
     assert found["geoincident_consumer_lag"] == "gauge"
     assert found["geoincident_build_info"] == "gauge"
+    assert found["geoincident_broker_up"] == "gauge"
+    assert found["geoincident_broker_outages"] == "counter"
 
 
 def test_every_own_metric_has_the_prefix_and_process_metrics_are_there() -> None:
