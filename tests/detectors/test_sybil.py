@@ -149,13 +149,18 @@ def test_the_replay_command_opens_nothing_for_the_flood(tmp_path):
     stderr = result.stderr.decode()
     assert "accepted 1,001" in stderr and "rejected 0" in stderr
     assert out.read_bytes() == b""
+    assert "new-reporter bursts" not in stderr  # three devices: independence handles it
     # the same file with one device per account: the command does open on it
     independent = [clock_start(T0_MS - 60 * MINUTE_MS), *flood(lambda a, p: f"phone-{a}")]
     source.write_bytes(b"\n".join(line(r) for r in independent) + b"\n")
-    subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "geoincident.stream.cli", "replay", str(source), "-o", str(out)],
         capture_output=True,
         check=True,
     )
     events = [orjson.loads(raw) for raw in out.read_bytes().splitlines()]
     assert {(e["kind"], e["event"]) for e in events} >= {("local", "opened"), ("surge", "opened")}
+    # a thousand first-time reporters on a thousand devices: one burst for an operator
+    stderr = result.stderr.decode()
+    assert "new-reporter bursts 1 " in stderr
+    assert "  category=streetlight_out lat=" in stderr and "reporters=10 devices=10" in stderr
