@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from geoincident.detectors.actions import Action
+from geoincident.detectors.bursts import NewReporterBursts
 from geoincident.detectors.chance import Chance
 from geoincident.detectors.clusters import AccuracyWeights, Cluster
 from geoincident.detectors.dispatch import Dispatcher
@@ -98,6 +99,8 @@ class Detector:
             params, self.book, self.chance, accuracy, self._seen, self.reputation
         )
         self.dispatcher = Dispatcher(params, self.book, self.surge, self.reputation)
+        # many first-time reporters at one spot: counted for an operator, decides nothing
+        self.bursts = NewReporterBursts(params.bursts, self.reputation, self.dispatcher)
 
     # ------------------------------------------------------------------ public surface
 
@@ -150,6 +153,8 @@ class Detector:
             weight = self.dispatcher.weight(report)
             # the surge counts it first: a local incident it opens sees the surge it is part of
             events = self.surge.observe(report) if weight > 0 and not report.halo else []
+            if self.bursts.on and not report.halo:  # a halo copy: its owner counts it
+                self.bursts.observe(report)
             own = self.grouping.process(report, True, weight, self.clock_ms)
             return Observed(ACCEPTED, [*drained, *events, *own])
         self._accept(report)
@@ -209,6 +214,7 @@ class Detector:
             "surge": self.surge.snapshot(),
             "reputation": self.reputation.snapshot(),
             "reputation_sweep_ms": self._reputation_sweep_ms,
+            "bursts": self.bursts.snapshot(),
         }
 
     def restore(self, snapshot: dict) -> None:
@@ -226,6 +232,7 @@ class Detector:
         self.surge.restore(snapshot["surge"])
         self.reputation.restore(snapshot["reputation"])
         self._reputation_sweep_ms = snapshot["reputation_sweep_ms"]
+        self.bursts.restore(snapshot["bursts"])
 
     def rebuild(self, reports: Iterable[Report]) -> None:
         """Refill the windows (local and surge) with reports read again after a restart;
@@ -317,6 +324,7 @@ class Detector:
         )
         reputation_on = dispatcher.reputation_on
         source_weights = dispatcher.source_weights
+        burst = self.bursts.observe if self.bursts.on else None
         while True:
             if (
                 timers
@@ -342,6 +350,8 @@ class Detector:
                     self._reputation_sweep_ms = (
                         ts_ms // REPUTATION_SWEEP_MS + 1
                     ) * REPUTATION_SWEEP_MS
+                if burst is not None and not report.halo:  # before grouping records history
+                    burst(report)
                 if surge_on:
                     if surge.due_by(ts_ms):
                         events.extend(surge.advance(ts_ms))

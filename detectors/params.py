@@ -1,6 +1,7 @@
 """The detector's parameters: plain typed values, built by the config loader (stream/config.py).
 
-The defaults and range rules declared here (and on `SurgeParams`, `SignificanceParams`) are those
+The defaults and range rules declared here (and on `SurgeParams`, `SignificanceParams`,
+`ReputationParams`, `BurstParams`) are those
 of the configuration keys: the config models are derived from these fields.
 """
 
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from geoincident.detectors.bounds import bounded, check
+from geoincident.detectors.bursts import BurstParams
 from geoincident.detectors.reputation import ReputationParams
 from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
@@ -68,6 +70,7 @@ class DetectorParams:
     # Detectors sharing the stream (the routed topic's partitions): each gets this share of
     # the chance-incident budget, so the whole stream keeps `max_false_per_day`.
     shards: int = 1
+    bursts: BurstParams = BurstParams()
 
     def __post_init__(self) -> None:
         check(self, "detection")

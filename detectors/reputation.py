@@ -182,6 +182,10 @@ class Reputation:
 
     # -- reading ------------------------------------------------------------------------------
 
+    def known(self, reporter: str) -> bool:
+        """Whether the reporter has a history here (recorded, not yet forgotten)."""
+        return reporter in self._state
+
     def multiplier(self, reporter: str, now_ms: int) -> float:
         """The reporter's multiplier at event time `now_ms`, in [floor, 1]; 1 when disabled."""
         if not self._enabled:

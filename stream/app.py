@@ -433,6 +433,12 @@ class Worker:
             metrics.count_dlq(self.settings.topics.actions_dlq, len(out.action_dlq))
         if out.latencies_s:
             metrics.observe_latencies(out.latencies_s)
+        for burst in self._bursts():  # a signal for an operator (operations.md)
+            metrics.count_burst(burst.category)
+            log.warning(logfmt("new_reporter_burst", **burst.log_fields()))
+
+    def _bursts(self) -> list:
+        return self.core.take_bursts()
 
     def _publish_state(self, current: int) -> None:
         detector = self.core.detector

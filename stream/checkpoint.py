@@ -22,7 +22,9 @@ Two versions, two meanings:
   whenever a Struct changes (a field added, removed, renamed or retyped). A build reads only
   its own version: after a bump, a restart refuses the old checkpoint loudly ("format version
   1 is not supported (this build reads 2)") instead of misreading it; the operator then
-  replays from the input (or deletes the changelog record) knowingly.
+  replays from the input (or deletes the changelog record) knowingly. The exception is a
+  field added with a default that means "nothing yet" (`DetectorState.bursts`): older
+  checkpoints decode with it, and an older build still refuses the newer ones (unknown field).
 - `checkpoint["version"]` (stream/runtime.py CHECKPOINT_VERSION) is what the state means; it
   is carried through untouched and checked by `WorkerCore.restore`.
 
@@ -205,6 +207,21 @@ class SurgeDetectorState(_Base):
     sweep_scheduled: bool
 
 
+class BurstsState(_Base):
+    """What `NewReporterBursts.snapshot()` returns (detectors/bursts.py)."""
+
+    counts: dict[str, int]  # bursts declared per category since the stream began
+    # first-time reports of the last window: (category, ts_ms, report id, lat, lon, reporter,
+    # device key)
+    recent: list[tuple[str, int, str, float, float, str, str]]
+    on: list[tuple[str, float, float, int, int]]  # (category, lat, lon, declared, last active)
+    sweep_ms: int
+
+
+def _no_bursts() -> BurstsState:
+    return BurstsState({}, [], [], 0)
+
+
 class DetectorState(_Base):
     """What `Detector.snapshot()` returns."""
 
@@ -223,6 +240,8 @@ class DetectorState(_Base):
     # reporter -> (corroborated, uncorroborated, flagged, decayed to this event time)
     reputation: dict[str, tuple[float, float, float, int]]
     reputation_sweep_ms: int
+    # new-reporter bursts; a checkpoint written before them decodes to none (so no format bump)
+    bursts: BurstsState = msgspec.field(default_factory=_no_bursts)
 
 
 class PartitionState(_Base):
@@ -312,7 +331,9 @@ def _detector_state(snapshot: dict) -> DetectorState:
         incidents.append(_incident_state(incident))
     # the other fields are plain data, kept as they are (_fields checked that they all are)
     surge = _surge_detector_state(snapshot["surge"])
-    return DetectorState(**{**snapshot, "incidents": incidents, "surge": surge})
+    _fields("the bursts snapshot", snapshot["bursts"], _names(BurstsState))
+    bursts = BurstsState(**snapshot["bursts"])
+    return DetectorState(**{**snapshot, "incidents": incidents, "surge": surge, "bursts": bursts})
 
 
 def _incident_state(incident: Incident) -> IncidentState:
@@ -484,6 +505,7 @@ def _detector_dict(state: DetectorState) -> dict:
         **msgspec.structs.asdict(state),
         "incidents": incidents,
         "surge": _surge_detector_dict(state.surge),
+        "bursts": msgspec.structs.asdict(state.bursts),
     }
 
 

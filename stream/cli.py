@@ -254,6 +254,9 @@ def _progress(input_path: str):
     return update, progress.stop
 
 
+SHOWN_BURSTS = 20  # the summary lists this many new-reporter bursts, then counts the rest
+
+
 def _print_summary(summary: dict, dlq_path: str) -> None:
     err = sys.stderr
     rejected = summary["rejected_by_reason"]
@@ -272,6 +275,13 @@ def _print_summary(summary: dict, dlq_path: str) -> None:
         f"resolved {incidents['resolved']:,}",
         file=err,
     )
+    bursts = summary["new_reporter_bursts"]
+    if bursts:
+        print(f"new-reporter bursts {len(bursts):,} (docs/operations.md):", file=err)
+        for burst in bursts[:SHOWN_BURSTS]:
+            print("  " + " ".join(f"{key}={value}" for key, value in burst.items()), file=err)
+        if len(bursts) > SHOWN_BURSTS:
+            print(f"  ... and {len(bursts) - SHOWN_BURSTS:,} more", file=err)
 
 
 def _register_optional_commands() -> None:

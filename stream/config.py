@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from geoincident.detectors.bounds import Bounds, bounds_of
+from geoincident.detectors.bursts import BurstParams
 from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.reputation import ReputationParams
 from geoincident.detectors.significance import SignificanceParams
@@ -154,6 +155,7 @@ def _items_within(rule: Bounds) -> Callable[[Any], Any]:
 SignificanceConfig = create_model(
     "SignificanceConfig", __base__=_Section, **_config_fields(SignificanceParams)
 )
+BurstsConfig = create_model("BurstsConfig", __base__=_Section, **_config_fields(BurstParams))
 # The detection rules of one category. `neighbourhood_m` is not one of them: the background
 # is counted on one grid for the whole stream.
 _CATEGORY_RULES = ("threshold", "window_s", "radius_m", "resolve_after_s", "update_interval_s")
@@ -197,6 +199,7 @@ DetectionConfig = create_model(
     **_config_fields(DetectorParams, "source_weights"),
     categories=(dict[str, CategoryOverride], Field(default_factory=dict)),
     significance=(SignificanceConfig, SignificanceConfig()),
+    bursts=(BurstsConfig, BurstsConfig()),
 )
 
 
@@ -449,6 +452,7 @@ class Settings(BaseSettings):
                 reputation=ReputationParams(**self.reputation.model_dump()),
                 shard_resolution=self.scale.region_resolution,
                 shards=self.routed_partitions if self.scaled_out else 1,
+                bursts=BurstParams(**detection.bursts.model_dump()),
             )
         except ValueError as exc:  # its message names the key
             raise ConfigError(str(exc)) from None

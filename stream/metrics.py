@@ -163,6 +163,15 @@ class WorkerMetrics:
             registry=registry,
         )
         self._chance_groups_seen: int | None = None
+        self.new_reporter_bursts_total = Counter(
+            "geoincident_new_reporter_bursts_total",
+            "Bursts of first-time reporters on many devices at one spot within a short event "
+            "time (detectors/bursts.py); one per burst. Detection is unchanged: a signal for "
+            "an operator.",
+            ["category"],
+            registry=registry,
+        )
+        self._bursts: dict[str, Counter] = {}
         self.reporters_tracked = Gauge(
             "geoincident_reporters_tracked",
             "Reporters with a reputation history (faded ones are forgotten).",
@@ -246,6 +255,7 @@ class WorkerMetrics:
             for event in INCIDENT_EVENTS:
                 for kind in INCIDENT_KINDS:
                     self._incident_child(event, kind, category)
+            self._burst_child(category)
 
     # -- counters, per batch -------------------------------------------------------------------
 
@@ -286,6 +296,10 @@ class WorkerMetrics:
                 raise KeyError(f"unknown action outcome {outcome!r}")
             child = self._actions[key] = self.actions_total.labels(action=key[0], outcome=outcome)
         child.inc(n)
+
+    def count_burst(self, category: str) -> None:
+        """One new-reporter burst declared (a category met later gets its series then)."""
+        self._burst_child(category).inc()
 
     def count_dlq(self, topic: str, n: int = 1) -> None:
         if n:
@@ -382,6 +396,14 @@ class WorkerMetrics:
                 raise KeyError(f"unknown incident event/kind {event!r}/{kind!r}")
             child = self._incidents[key] = self.incidents_total.labels(
                 event=event, kind=kind, category=category
+            )
+        return child
+
+    def _burst_child(self, category: str) -> Counter:
+        child = self._bursts.get(category)
+        if child is None:
+            child = self._bursts[category] = self.new_reporter_bursts_total.labels(
+                category=category
             )
         return child
 

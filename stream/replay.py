@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import BinaryIO
 
+from geoincident.detectors.bursts import Burst
 from geoincident.detectors.engine import ACCEPTED, DUPLICATE, UNCLASSIFIED_OUTCOME
 from geoincident.detectors.events import IncidentEvent
 from geoincident.detectors.params import DetectorParams
@@ -29,6 +30,8 @@ class ReplaySummary:
     unclassified: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     incidents: Counter[str] = field(default_factory=Counter)
+    # new-reporter bursts (detectors/bursts.py), in the order they were declared
+    bursts: list[Burst] = field(default_factory=list)
 
     @property
     def rejected_total(self) -> int:
@@ -45,6 +48,7 @@ class ReplaySummary:
             "incidents": {
                 name: self.incidents.get(name, 0) for name in ("opened", "updated", "resolved")
             },
+            "new_reporter_bursts": [burst.log_fields() for burst in self.bursts],
         }
 
 
@@ -83,6 +87,7 @@ def replay(
         for record in out.dlq:
             on_reject(record)
         summary.rejected.update(out.rejections)
+        summary.bursts.extend(core.take_bursts())
 
     read = 0
     lines = iter(lines)

@@ -34,6 +34,7 @@ from typing import Literal
 import orjson
 
 from geoincident.detectors.actions import ActionError, parse_action
+from geoincident.detectors.bursts import Burst
 from geoincident.detectors.events import IncidentEvent
 from geoincident.detectors.lifecycle import shard_of_id
 from geoincident.detectors.params import DetectorParams
@@ -463,6 +464,9 @@ class RoutedCores:
             self._take(index, core.on_routed(batch, now_ms), out)
         self.totals.update(out.outcomes)
         return out
+
+    def take_bursts(self) -> list[Burst]:
+        return [burst for core in self.cores for burst in core.take_bursts()]
 
     def _take(self, index: int, core_out: Outputs, out: Outputs) -> None:
         self._events[index].extend(core_out.incidents)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from geoincident.detectors.actions import ActionError, parse_action
+from geoincident.detectors.bursts import Burst
 from geoincident.detectors.engine import (
     ACCEPTED,
     DUPLICATE,
@@ -499,6 +500,10 @@ class WorkerCore:
             )
             clock.marks.extend(tuple(mark) for mark in saved["marks"])
             self.partitions[int(partition)] = clock
+
+    def take_bursts(self) -> list[Burst]:
+        """The new-reporter bursts declared since the last call (detectors/bursts.py)."""
+        return self.detector.bursts.take()
 
     def stats(self) -> dict:
         detector = self.detector

@@ -424,6 +424,9 @@ class ShardedWorker(Worker):
             ),
         }
 
+    def _bursts(self) -> list:
+        return [burst for core in self.cores.values() for burst in core.take_bursts()]
+
     def _publish_state(self, current: int) -> None:
         open_by_category: dict[str, int] = {}
         state_reports = active_cells = chance_groups = 0

@@ -49,6 +49,7 @@ def test_contract_metrics_exist_with_their_types() -> None:
     assert found["geoincident_active_cells"] == "gauge"
     assert found["geoincident_state_reports"] == "gauge"
     assert found["geoincident_chance_groups"] == "counter"
+    assert found["geoincident_new_reporter_bursts"] == "counter"
     assert found["geoincident_reporters_tracked"] == "gauge"
     assert found["geoincident_reporters_low_weight"] == "gauge"
     assert found["geoincident_reporter_weight_mean"] == "gauge"
@@ -86,6 +87,7 @@ def test_known_label_sets_exist_at_zero_from_the_start() -> None:
             )
             == 0
         )
+        assert value(metrics, "geoincident_new_reporter_bursts_total", category=category) == 0
     assert value(metrics, "geoincident_dlq_records_total", topic="reports.dlq") == 0
     assert value(metrics, "geoincident_build_info", version=__version__) == 1
 
@@ -116,6 +118,8 @@ def test_batch_tallies_add_up() -> None:
     metrics.count_action("ack", "applied")
     metrics.count_action("launch_rocket", "invalid")  # free text from outside stays bounded
     metrics.count_dlq("reports.dlq", 2)
+    metrics.count_burst("pothole")
+    metrics.count_burst("gas_leak")  # a category not in the taxonomy gets its series
 
     assert value(metrics, "geoincident_reports_total", outcome="accepted") == 500
     assert value(metrics, "geoincident_reports_total", outcome="duplicate") == 3
@@ -128,6 +132,8 @@ def test_batch_tallies_add_up() -> None:
     assert value(metrics, "geoincident_actions_total", action="ack", outcome="applied") == 1
     assert value(metrics, "geoincident_actions_total", action="other", outcome="invalid") == 1
     assert value(metrics, "geoincident_dlq_records_total", topic="reports.dlq") == 2
+    assert value(metrics, "geoincident_new_reporter_bursts_total", category="pothole") == 1
+    assert value(metrics, "geoincident_new_reporter_bursts_total", category="gas_leak") == 1
 
 
 def test_labels_outside_the_fixed_sets_are_refused() -> None:

@@ -51,6 +51,7 @@ def test_summary_counts_every_outcome():
         "duplicate": 1,
         "unclassified": 1,
         "incidents": {"opened": 1, "updated": 0, "resolved": 0},
+        "new_reporter_bursts": [],
     }
     assert [position for position, _ in rejects] == [7, 8]
 

@@ -266,6 +266,20 @@ def test_the_actions_offsets_go_through_when_present(at_cut):
     assert decode(encode(with_actions))["actions"] == {0: 17, 3: 2}
 
 
+def test_a_checkpoint_written_before_new_reporter_bursts_decodes_to_none(at_cut):
+    worker, checkpoint = at_cut
+    assert checkpoint["detector"]["bursts"]["recent"], "the stream has first-time reporters"
+    body = _body(encode(checkpoint))
+    del body["detector"]["bursts"]
+    decoded = decode(_blob(body))
+    assert decoded["detector"]["bursts"] == {"counts": {}, "recent": [], "on": [], "sweep_ms": 0}
+    restored = Worker()
+    restored.core.restore(decoded, worker.now_ms)
+    assert restored.core.detector.bursts.snapshot() == decoded["detector"]["bursts"]
+    # the rest of the state is there as written
+    assert decoded["detector"]["incidents"].keys() == checkpoint["detector"]["incidents"].keys()
+
+
 def test_the_schema_mirrors_every_slot_of_the_live_classes():
     assert set(IncidentState.__struct_fields__) == set(Incident.__slots__)
     assert set(SurgeState.__struct_fields__) == set(_Surge.__slots__)

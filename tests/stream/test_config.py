@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from geoincident.detectors.bounds import bounds_of
+from geoincident.detectors.bursts import BurstParams
 from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.reputation import ReputationParams
 from geoincident.detectors.significance import SignificanceParams
@@ -192,6 +193,7 @@ def test_every_detector_parameter_is_a_config_key():
         "shards",  # [scale] partitions
     }
     assert _keys("reputation") == _init_fields(ReputationParams)
+    assert _detection_keys("bursts") == _init_fields(BurstParams)
 
 
 def _changed(value):
@@ -210,12 +212,14 @@ def _changed(value):
 def _config_keys_of_params():
     """(config key, default parameters, where the loaded value lands) for every parameter."""
     not_keys = {"categories", "significance", "geofences", "defaults", "taxonomy", "surge"}
-    not_keys.add("reputation")
+    not_keys |= {"reputation", "bursts"}
     not_keys |= {"shard_resolution", "shards"}  # from [scale]: see the scale tests
     for name in _init_fields(SurgeParams):
         yield f"surge.{name}", SurgeParams(), lambda p, n=name: getattr(p.surge, n)
     for name in _init_fields(ReputationParams):
         yield f"reputation.{name}", ReputationParams(), lambda p, n=name: getattr(p.reputation, n)
+    for name in _init_fields(BurstParams):
+        yield f"detection.bursts.{name}", BurstParams(), lambda p, n=name: getattr(p.bursts, n)
     for name in _init_fields(SignificanceParams):
         yield (
             f"detection.significance.{name}",
@@ -264,6 +268,13 @@ BAD_VALUES = [
     ("detection.significance.neighbourhood_m", 50_001),
     ("detection.significance.still_active_p", 0),
     ("detection.significance.still_active_p", 1),
+    ("detection.bursts.window_s", 0),
+    ("detection.bursts.window_s", 3601),
+    ("detection.bursts.radius_m", 0),
+    ("detection.bursts.radius_m", 5001),
+    ("detection.bursts.min_reporters", 1),
+    ("detection.bursts.min_devices", 0),
+    ("detection.bursts.cooldown_s", -1),
     ("reputation.prior", 0.1),
     ("reputation.prior", 1.5),
     ("reputation.prior_reports", 0),
@@ -289,6 +300,7 @@ PARAMS_OF_SECTION = {
     "surge": (SurgeParams,),
     "reputation": (ReputationParams,),
     "detection.significance": (SignificanceParams,),
+    "detection.bursts": (BurstParams,),
     "detection": (CategoryParams, DetectorParams),
 }
 
