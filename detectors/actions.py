@@ -54,12 +54,15 @@ def parse_action(raw: bytes) -> Action:
     if action.action == "block" and not (action.reporter or action.device):
         raise ActionError("bad_action", "block needs `reporter` and/or `device`")
     if action.at is not None:
-        from geoincident.detectors.timefmt import parse_rfc3339_ms
+        from geoincident.detectors.timefmt import MAX_EPOCH_MS, MIN_EPOCH_MS, parse_rfc3339_ms
 
         try:
-            parse_rfc3339_ms(action.at)
+            at_ms = parse_rfc3339_ms(action.at)
         except ValueError as exc:
             raise ActionError("bad_action", f"at: {exc}") from exc
+        if not MIN_EPOCH_MS <= at_ms <= MAX_EPOCH_MS:
+            # a time that cannot be written back in RFC 3339 UTC (year 1 at +23:59 is year 0)
+            raise ActionError("bad_action", f"at: {action.at!r} is before 1973 or after 9999")
     return action
 
 

@@ -451,6 +451,29 @@ class WorkerCore:
             )
             out.action_dlq.append(orjson.dumps(record))
             events = []
+        except Exception as error:  # noqa: BLE001 - one action, not the stream
+            self.failures += 1
+            if self.failures <= MAX_LOGGED_FAILURES:
+                log.error(
+                    "event=record_failed topic=%s partition=%s offset=%s error=%r",
+                    self.actions_topic,
+                    partition,
+                    offset,
+                    f"{type(error).__name__}: {error}",
+                    exc_info=error,
+                )
+            out.outcomes[f"action:{_action_name(value)}:invalid"] += 1
+            detail = f"{type(error).__name__}: {error}"[:500]
+            record = dlq_record(
+                value,
+                Rejection(INTERNAL_ERROR, detail),
+                topic=self.actions_topic,
+                partition=partition,
+                offset=offset,
+                received_at_ms=now_ms,
+            )
+            out.action_dlq.append(orjson.dumps(record))
+            events = []
         if silent:
             return Outputs(outcomes=out.outcomes)
         self._emit(out, events, now_ms)

@@ -120,3 +120,28 @@ def test_an_action_read_again_after_a_restart_takes_effect_once():
     assert incident.version == version and len(incident.history) == 1
     following = restarted.on_action(_action(1, incident_id, "crew-8"), 0, 1, NOW_MS)
     assert [e.assigned_to for e in following.incidents] == ["crew-8"]
+
+
+def test_an_action_at_the_edge_of_time_goes_to_the_dlq_not_into_a_crash_loop():
+    """`at` 0001-01-01T00:00:00+23:59 is year 0 in UTC: it used to raise OverflowError while
+    the event was written, out of the core, so the worker exited and the restart met the same
+    action again. It is refused as `bad_action`; and an action whose application raises
+    anyway goes to the DLQ as `internal_error` while the next one is applied."""
+    from geoincident.stream.runtime import WorkerCore
+
+    core = WorkerCore(DetectorParams(), "reports")
+    edge = b'{"incident_id":"inc-0","action":"ack","by":"d1","at":"0001-01-01T00:00:00+23:59"}'
+    out = core.on_action(edge, 0, 0, 1_764_000_000_000)
+    assert [orjson.loads(r)["reason"] for r in out.action_dlq] == ["bad_action"]
+
+    def boom(action):
+        raise OverflowError("date value out of range")
+
+    core.detector.apply_action = boom  # type: ignore[method-assign]
+    out = core.on_action(
+        b'{"incident_id":"inc-0","action":"ack","by":"d1"}', 0, 1, 1_764_000_000_000
+    )
+    (record,) = [orjson.loads(r) for r in out.action_dlq]
+    assert record["reason"] == "internal_error"
+    assert "OverflowError" in record["detail"]
+    assert core.action_offsets[0] == 2
