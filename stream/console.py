@@ -900,7 +900,8 @@ async def run_console(
 
 
 def run(settings: Settings, port: int | None = None) -> int:
-    """`geoincident console`: serve until SIGINT/SIGTERM; 0 then, 1 when it cannot run."""
+    """`geoincident console`: serve until SIGINT/SIGTERM; 0 then, 2 for a configuration it
+    cannot use, 1 when it cannot run (the broker, the port)."""
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -909,9 +910,9 @@ def run(settings: Settings, port: int | None = None) -> int:
         run_until_signalled(lambda stop: run_console(settings, port=port, stop=stop))
     except KeyboardInterrupt:
         return 0
-    except ConfigError as exc:
+    except ConfigError as exc:  # a token, TLS or password file that cannot be used
         print(f"geoincident console: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except Exception as exc:  # the broker or the port: say so in one line
         from aiokafka.errors import KafkaError
 
