@@ -33,11 +33,18 @@ from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.reputation import ReputationParams
 from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
-from geoincident.detectors.taxonomy import DEFAULT_TAXONOMY, Category, Taxonomy
-from geoincident.files import MAX_SECRET_FILE_BYTES, read_bounded_text
+from geoincident.detectors.taxonomy import (
+    DEFAULT_MAX_REPORT_BYTES,
+    DEFAULT_TAXONOMY,
+    Category,
+    Taxonomy,
+)
+from geoincident.files import MAX_SECRET_FILE_BYTES, MIB, FileTooLarge, read_bounded_text
 from geoincident.geo.fences import GeofenceError, Geofences
 
 ENV_PREFIX = "GEOINCIDENT_"
+# A configuration file is a few kilobytes; a path to something else fails at load.
+MAX_CONFIG_BYTES = 1 * MIB
 
 
 class ConfigError(Exception):
@@ -257,6 +264,8 @@ DetectionConfig = create_model(
     ),
     # The worker's, not the detector's: how far past the wall clock a report may be dated.
     future_tolerance_s=(float, Field(default=300.0, ge=0)),
+    # The largest report value read; a larger one goes to the DLQ as too_large, unparsed.
+    max_report_bytes=(int, Field(default=DEFAULT_MAX_REPORT_BYTES, ge=1024, le=8 * MIB)),
     geofences=(str | None, None),  # a GeoJSON file: DetectorParams.geofences
     **_config_fields(DetectorParams, "source_weights"),
     categories=(dict[str, CategoryOverride], Field(default_factory=dict)),
@@ -436,7 +445,8 @@ class Settings(BaseSettings):
                 tuple(
                     Category(name, tuple(entry.tags), tuple(entry.keywords))
                     for name, entry in self.taxonomy.items()
-                )
+                ),
+                max_report_bytes=detection.max_report_bytes,
             )
         except ValueError as exc:
             raise ConfigError(f"taxonomy: {exc}") from exc
@@ -508,9 +518,14 @@ def load_settings(
     if path is not None:
         source = str(path)
         try:
-            document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            document = tomllib.loads(read_bounded_text(path, MAX_CONFIG_BYTES))
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
+        except FileTooLarge:
+            raise ConfigError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes: not a "
+                "configuration file?"
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
