@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
 
 ACTIONS = ("ack", "assign", "resolve", "reopen", "flag_report", "block")
+# The largest action value read; a larger one goes to the DLQ as too_large, unparsed.
+MAX_ACTION_BYTES = 64 * 1024
+MAX_ACTION_ID_CHARS = 128  # ids and names: incident_id, by, to, report_id, reporter, device
+MAX_NOTE_CHARS = 4096
+
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_ACTION_ID_CHARS)]
 
 
 class ActionError(Exception):
@@ -20,15 +26,15 @@ class ActionError(Exception):
 
 
 class Action(msgspec.Struct, frozen=True):
-    action: str
-    incident_id: str = ""
-    by: str | None = None
-    at: str | None = None
-    note: str | None = None
-    to: str | None = None
-    report_id: str | None = None
-    reporter: str | None = None
-    device: str | None = None
+    action: _Name
+    incident_id: _Name = ""
+    by: _Name | None = None
+    at: _Name | None = None
+    note: Annotated[str, msgspec.Meta(max_length=MAX_NOTE_CHARS)] | None = None
+    to: _Name | None = None
+    report_id: _Name | None = None
+    reporter: _Name | None = None
+    device: _Name | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None and v != ""}
@@ -37,12 +43,19 @@ class Action(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(Action)
 
 
-def parse_action(raw: bytes) -> Action:
-    """Decode and check one action; ActionError("bad_action", ...) when it cannot be used."""
+def parse_action(raw: bytes | None) -> Action:
+    """Decode and check one action; ActionError("bad_action", ...) when it cannot be used,
+    ("too_large", ...) for a value over MAX_ACTION_BYTES, which is not parsed."""
+    if raw is None:
+        raise ActionError("bad_action", "no value (a record with a null value)")
+    if len(raw) > MAX_ACTION_BYTES:
+        raise ActionError("too_large", f"{len(raw)} bytes > {MAX_ACTION_BYTES}")
     try:
         action = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ActionError("bad_action", str(exc)) from exc
+    except RecursionError:
+        raise ActionError("bad_action", "JSON nested too deeply") from None
     if action.action not in ACTIONS:
         raise ActionError("bad_action", f"action must be one of {', '.join(ACTIONS)}")
     if action.action != "block" and not action.incident_id:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
-from geoincident.detectors.taxonomy import UNCLASSIFIED, Taxonomy
+from geoincident.detectors.taxonomy import DEFAULT_MAX_REPORT_BYTES, UNCLASSIFIED, Taxonomy
 from geoincident.detectors.timefmt import (
     MAX_EPOCH_MS,
     MIN_EPOCH_MS,
@@ -25,9 +25,14 @@ from geoincident.detectors.timefmt import (
     parse_rfc3339_ms,
 )
 
-MAX_REPORT_BYTES = 64 * 1024
+MAX_REPORT_BYTES = DEFAULT_MAX_REPORT_BYTES  # `[detection] max_report_bytes`, by default
 MAX_ID_CHARS = 128
+# every other string of a report (category, source, device, lang, each tag)
+MAX_STRING_CHARS = 128
+MAX_TAGS = 32
 MAX_TEXT_CHARS = 4096
+# A `too_large` value is not kept whole in its dead-letter record: its first bytes only.
+MAX_DLQ_RAW_BYTES = 4096
 
 # The DLQ reasons of CONTRACT §1, in the order the checks run.
 REASONS = (
@@ -45,6 +50,7 @@ REASONS = (
 )
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_Short = Annotated[str, msgspec.Meta(max_length=MAX_STRING_CHARS)]
 _AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
@@ -54,13 +60,13 @@ class _WireReport(msgspec.Struct):
     lat: float
     lon: float
     reporter: _Id
-    tags: list[str] | None = None
-    category: str | None = None
+    tags: Annotated[list[_Short], msgspec.Meta(max_length=MAX_TAGS)] | None = None
+    category: _Short | None = None
     text: Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)] | None = None
-    source: str | None = None
-    device: str | None = None
+    source: _Short | None = None
+    device: _Short | None = None
     accuracy_m: Annotated[float, msgspec.Meta(ge=0.0)] | None = None
-    lang: str | None = None
+    lang: _Short | None = None
 
 
 _decoder = msgspec.json.Decoder(_WireReport)
@@ -113,14 +119,32 @@ def _epoch_problem(ts_ms: int) -> str | None:
     return None
 
 
-def parse_report(raw: bytes, taxonomy: Taxonomy) -> Report | Rejection:
-    """Decode and validate one raw report value; resolve its category."""
-    if len(raw) > MAX_REPORT_BYTES:
-        return Rejection("too_large", f"{len(raw)} bytes > {MAX_REPORT_BYTES}")
+def parse_report(
+    raw: bytes | None, taxonomy: Taxonomy, max_bytes: int | None = None
+) -> Report | Rejection:
+    """Decode and validate one raw report value; resolve its category.
+
+    A value over `max_bytes` (default: the taxonomy's `max_report_bytes`, which the config's
+    `[detection] max_report_bytes` sets) is refused before anything reads it. A Kafka record
+    without a value (None) is `invalid_json`.
+    """
+    if raw is None:
+        return Rejection("invalid_json", "no value (a record with a null value)")
+    limit = taxonomy.max_report_bytes if max_bytes is None else max_bytes
+    if len(raw) > limit:
+        return Rejection("too_large", f"{len(raw)} bytes > {limit}")
     try:
         wire = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return _diagnose(raw, str(exc))
+    except RecursionError:
+        # Nested deeper than the fast decoder follows at this depth of the call stack (which
+        # differs between the worker and a replay): the slow path's parser has a fixed limit,
+        # so whether such a value is accepted does not depend on who reads it.
+        deep = _decode_deep(raw)
+        if type(deep) is Rejection:
+            return deep
+        wire = deep  # type: ignore[assignment]
     lat = wire.lat
     lon = wire.lon
     # NaN fails every comparison, so the plain range test sends it to the named check too
@@ -170,8 +194,8 @@ _REQUIRED = ("id", "ts", "lat", "lon", "reporter")
 _OPTIONAL_STRINGS = ("category", "source", "device", "lang")
 
 
-def _diagnose(raw: bytes, decoder_error: str) -> Rejection:
-    """The slow path: name the first thing wrong with a value the fast decoder refused."""
+def _parsed(raw: bytes) -> dict[str, Any] | Rejection:
+    """The value as a JSON object (orjson: at most 1,024 levels deep), or why it is not one."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -182,11 +206,35 @@ def _diagnose(raw: bytes, decoder_error: str) -> Rejection:
         return Rejection("invalid_json", str(exc))
     if not isinstance(value, dict):
         return Rejection("not_an_object", f"a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _diagnose(raw: bytes, decoder_error: str) -> Rejection:
+    """The slow path: name the first thing wrong with a value the fast decoder refused."""
+    value = _parsed(raw)
+    if type(value) is Rejection:
+        return value
+    return _diagnose_object(value, decoder_error)  # type: ignore[arg-type]
+
+
+def _diagnose_object(value: dict[str, Any], decoder_error: str) -> Rejection:
     missing = [name for name in _REQUIRED if value.get(name) is None]
     if missing:
         return Rejection("missing_field", "missing " + ", ".join(missing))
     # Every named check passed yet the strict decoder refused: report its own words.
     return _field_problem(value) or Rejection("bad_type", decoder_error)
+
+
+def _decode_deep(raw: bytes) -> _WireReport | Rejection:
+    """A value too deeply nested for the fast decoder: parsed by orjson (whose depth limit is
+    fixed), then checked field by field (unknown fields are not looked into)."""
+    value = _parsed(raw)
+    if type(value) is Rejection:
+        return value
+    try:
+        return msgspec.convert(value, _WireReport)
+    except msgspec.ValidationError as exc:
+        return _diagnose_object(value, str(exc))  # type: ignore[arg-type]
 
 
 def _is_number(value: Any) -> bool:
@@ -232,6 +280,8 @@ def _field_problem(value: dict[str, Any]) -> Rejection | None:
         field = value.get(name)
         if field is not None and not isinstance(field, str):
             return Rejection("bad_type", f"{name} must be a string, not {type(field).__name__}")
+        if field is not None and len(field) > MAX_STRING_CHARS:
+            return Rejection("bad_type", f"{name} has {len(field)} chars > {MAX_STRING_CHARS}")
     text = value.get("text")
     if text is not None:
         if not isinstance(text, str):
@@ -239,10 +289,16 @@ def _field_problem(value: dict[str, Any]) -> Rejection | None:
         if len(text) > MAX_TEXT_CHARS:
             return Rejection("bad_type", f"text has {len(text)} chars > {MAX_TEXT_CHARS}")
     tags = value.get("tags")
-    if tags is not None and (
-        not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags)
-    ):
-        return Rejection("bad_type", "tags must be a list of strings")
+    if tags is not None:
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            return Rejection("bad_type", "tags must be a list of strings")
+        if len(tags) > MAX_TAGS:
+            return Rejection("bad_type", f"tags has {len(tags)} entries > {MAX_TAGS}")
+        for index, tag in enumerate(tags):
+            if len(tag) > MAX_STRING_CHARS:
+                return Rejection(
+                    "bad_type", f"tags[{index}] has {len(tag)} chars > {MAX_STRING_CHARS}"
+                )
     accuracy = value.get("accuracy_m")
     if accuracy is not None:
         if not _is_number(accuracy):
@@ -255,7 +311,7 @@ def _field_problem(value: dict[str, Any]) -> Rejection | None:
 
 
 def dlq_record(
-    raw: bytes,
+    raw: bytes | None,
     rejection: Rejection,
     *,
     topic: str | None,
@@ -263,21 +319,43 @@ def dlq_record(
     offset: int | None,
     received_at_ms: int | None,
 ) -> dict[str, Any]:
-    """The DLQ record of CONTRACT §1: the reason plus the whole original value, never lost."""
-    try:
-        text, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    return {
+    """The DLQ record of CONTRACT §1: the reason plus the whole original value, never lost;
+    but of a `too_large` value only its first MAX_DLQ_RAW_BYTES bytes (`raw_truncated`, with
+    `raw_bytes` its whole length), so a dead-letter record is never larger than what the
+    input accepts."""
+    raw = b"" if raw is None else raw
+    truncated = rejection.reason == "too_large" and len(raw) > MAX_DLQ_RAW_BYTES
+    text, encoding = _raw_text(raw[:MAX_DLQ_RAW_BYTES] if truncated else raw, truncated)
+    record: dict[str, Any] = {
         "reason": rejection.reason,
         "detail": rejection.detail,
         "raw": text,
         "raw_encoding": encoding,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "received_at": None if received_at_ms is None else format_ms(received_at_ms),
     }
+    if truncated:
+        record["raw_truncated"] = True
+        record["raw_bytes"] = len(raw)
+    record.update(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        received_at=None if received_at_ms is None else format_ms(received_at_ms),
+    )
+    return record
+
+
+def _raw_text(raw: bytes, cut: bool) -> tuple[str, str]:
+    """The bytes as UTF-8 text, or base64 when they are not UTF-8. A `cut` value may end in
+    the middle of a character: that partial character is left out, and the rest stays text."""
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as exc:
+        if cut and exc.reason == "unexpected end of data" and exc.end == len(raw):
+            try:
+                return raw[: exc.start].decode("utf-8"), "utf-8"
+            except UnicodeDecodeError:
+                pass
+    return base64.b64encode(raw).decode("ascii"), "base64"
 
 
 def is_unclassified(report: Report) -> bool:

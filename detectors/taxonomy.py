@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 UNCLASSIFIED = "unclassified"
+# The largest report value read (CONTRACT §1): `[detection] max_report_bytes`.
+DEFAULT_MAX_REPORT_BYTES = 64 * 1024
 
 _DROPPED = str.maketrans("", "", "_- ")
 
@@ -60,6 +62,9 @@ class Taxonomy:
     """Resolves a report's category: explicit category, then tags, then text keywords."""
 
     categories: Sequence[Category] = DEFAULT_TAXONOMY
+    # The largest report value parse_report reads (bytes): it travels with the taxonomy, the
+    # one configured object parse_report is handed, from `[detection] max_report_bytes`.
+    max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES
     _by_name: dict[str, str] = field(init=False, repr=False)
     _by_tag: dict[str, str] = field(init=False, repr=False)
     _keywords: re.Pattern[str] | None = field(init=False, repr=False)

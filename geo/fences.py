@@ -9,6 +9,11 @@ import shapely
 from shapely.geometry import Point, shape
 from shapely.strtree import STRtree
 
+from geoincident.files import MIB, FileTooLarge, read_bounded
+
+# The geofence file is read whole at start; past this it is refused, naming the file.
+MAX_GEOFENCE_BYTES = 64 * MIB
+
 
 class GeofenceError(ValueError):
     """A geofence file that cannot be used."""
@@ -51,11 +56,18 @@ class Geofences:
         return cls(names, geometries)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Geofences:
+    def from_file(cls, path: str | Path, max_bytes: int = MAX_GEOFENCE_BYTES) -> Geofences:
         try:
-            document = orjson.loads(Path(path).read_bytes())
+            document = orjson.loads(read_bounded(path, max_bytes))
+        except FileTooLarge:
+            raise GeofenceError(
+                f"geofences {path} is larger than {max_bytes:,} bytes (a city's districts take "
+                "a few megabytes: simplify the polygons)"
+            ) from None
         except (OSError, orjson.JSONDecodeError) as exc:
             raise GeofenceError(f"cannot read geofences {path}: {exc}") from exc
+        if not isinstance(document, dict):
+            raise GeofenceError(f"geofences {path}: not a GeoJSON object")
         return cls.from_geojson(document)
 
     def __len__(self) -> int:

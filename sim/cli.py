@@ -158,6 +158,17 @@ def simulate_command(
             "(event time never ahead of the wall clock when SPEED > 1).",
         ),
     ] = "start",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="GEOINCIDENT_CONFIG",
+            help="--live: TOML config whose [kafka] security settings (SASL, TLS) the producer "
+            "uses.",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Synthetic city report stream with planted incidents and decoys, plus its truth."""
     from .simulate import (
@@ -199,7 +210,7 @@ def simulate_command(
         raise typer.BadParameter(str(exc), param_hint="--hours/--families/--bbox") from None
 
     if live:
-        _run_live(sim, truth, brokers, topic, speed, anchor)
+        _run_live(sim, truth, brokers, topic, speed, anchor, config)
         return
 
     from .simulate import report_to_json
@@ -233,11 +244,29 @@ def _write_reports(handle: BinaryIO, reports: Sequence, to_json: Callable[..., d
         handle.write(b"".join(orjson.dumps(to_json(r)) + b"\n" for r in chunk))
 
 
-def _run_live(sim, truth: Path | None, brokers: str, topic: str, speed: float, anchor: str) -> None:
+def _run_live(
+    sim,
+    truth: Path | None,
+    brokers: str,
+    topic: str,
+    speed: float,
+    anchor: str,
+    config: Path | None,
+) -> None:
+    from geoincident.stream.config import ConfigError, load_settings
+    from geoincident.stream.security import client_options
+
     from .live import LiveOptions, live_shift_ms, produce_until_signal
     from .simulate import truth_to_json
 
-    options = LiveOptions(brokers=brokers, topic=topic, speed=speed, anchor=anchor)
+    try:  # the [kafka] security settings, from the file and GEOINCIDENT_KAFKA__* variables
+        security = client_options(load_settings(config).kafka)
+    except ConfigError as error:
+        typer.echo(f"geoincident simulate: {error}", err=True)
+        raise typer.Exit(2) from None
+    options = LiveOptions(
+        brokers=brokers, topic=topic, speed=speed, anchor=anchor, client_options=security
+    )
     shift_ms = live_shift_ms(sim, round(time.time() * 1000), speed, anchor)
     try:
         if truth is not None:

@@ -14,8 +14,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -34,6 +35,8 @@ class LiveOptions:
     anchor: str = "start"
     connect_attempts: int = 10
     send_attempts: int = 5
+    # security keyword arguments for the producer (stream/security.py, from [kafka])
+    client_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ async def _start_producer(options: LiveOptions):  # -> AIOKafkaProducer
             linger_ms=5,
             request_timeout_ms=15_000,
             retry_backoff_ms=250,
+            **options.client_options,
         )
         try:
             await producer.start()

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
 from geoincident import __version__
+from geoincident.stream import security
 from geoincident.stream.batching import BATCH_CODEC
 from geoincident.stream.batching import install as install_batching
 from geoincident.stream.checkpoint import CheckpointError, decode, encode
@@ -40,20 +41,9 @@ READ_RANGE_ATTEMPTS = 3
 
 
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
-    """aiokafka options for SASL/TLS, from `[kafka]`."""
-    kafka = settings.kafka
-    options: dict[str, Any] = {"security_protocol": kafka.security_protocol}
-    if kafka.sasl_mechanism:
-        options.update(
-            sasl_mechanism=kafka.sasl_mechanism,
-            sasl_plain_username=kafka.sasl_username,
-            sasl_plain_password=kafka.password(),
-        )
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        options["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
-    return options
+    """aiokafka options for SASL/TLS, from `[kafka]` (stream/security.py): every Kafka client
+    the project creates takes these, or the Faust credentials built from the same settings."""
+    return security.client_options(settings.kafka)
 
 
 def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -255,24 +245,7 @@ class Worker:
         worker.execute_from_commandline()
 
     def _credentials(self) -> Any:
-        kafka = self.settings.kafka
-        ssl_context = None
-        if kafka.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            ssl_context = create_ssl_context(cafile=kafka.ssl_cafile)
-        if kafka.sasl_mechanism:
-            # Faust picks SASL_SSL only when it is given the SSL context: without it, SASL_SSL
-            # in the config became SASL over plaintext, the password sent in clear
-            return faust.SASLCredentials(
-                username=kafka.sasl_username,
-                password=kafka.password(),
-                mechanism=kafka.sasl_mechanism,
-                ssl_context=ssl_context,
-            )
-        if ssl_context is not None:
-            return faust.SSLCredentials(ssl_context)
-        return None
+        return security.faust_credentials(self.settings.kafka)
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         topic = self.settings.topics.reports

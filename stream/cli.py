@@ -157,6 +157,8 @@ def worker(
 ) -> None:
     """Run the Faust worker: reports in, incidents, DLQ and actions on Kafka."""
     settings = settings_from(config, {"kafka.brokers": brokers, "worker.web_port": web_port})
+    from aiokafka.errors import KafkaError
+
     from geoincident.stream.app import Worker
 
     configure_logging(settings.worker.log_level)
@@ -167,8 +169,16 @@ def worker(
             ShardedWorker(settings).run(loglevel=settings.worker.log_level)
         else:
             Worker(settings).run(loglevel=settings.worker.log_level)
+    except ConfigError as error:  # a TLS or password file that cannot be used
+        fail_config(error)
     except TimeoutError as error:
         typer.echo(f"geoincident worker: broker {settings.kafka.brokers}: {error}", err=True)
+        raise typer.Exit(1) from None
+    except KafkaError as error:  # e.g. the broker refused the SASL login or the TLS peer
+        typer.echo(
+            f"geoincident worker: broker {settings.kafka.brokers}: {type(error).__name__}: {error}",
+            err=True,
+        )
         raise typer.Exit(1) from None
 
 
@@ -223,7 +233,7 @@ def demo(
     settings = settings_from(config, {"kafka.brokers": brokers})
     from geoincident.stream.demo import run_demo
 
-    raise typer.Exit(run_demo(settings, brokers, speed, hours, seed))
+    raise typer.Exit(run_demo(settings, brokers, speed, hours, seed, config))
 
 
 def configure_logging(level: str) -> None:

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     create_model,
     field_validator,
@@ -33,11 +34,19 @@ from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.reputation import ReputationParams
 from geoincident.detectors.significance import SignificanceParams
 from geoincident.detectors.surge import SurgeParams
-from geoincident.detectors.taxonomy import DEFAULT_TAXONOMY, Category, Taxonomy
+from geoincident.detectors.taxonomy import (
+    DEFAULT_MAX_REPORT_BYTES,
+    DEFAULT_TAXONOMY,
+    Category,
+    Taxonomy,
+)
+from geoincident.files import MAX_SECRET_FILE_BYTES, MIB, FileTooLarge, read_bounded_text
 from geoincident.geo.fences import GeofenceError, Geofences
 from geoincident.geo.regions import RegionMap
 
 ENV_PREFIX = "GEOINCIDENT_"
+# A configuration file is a few kilobytes; a path to something else fails at load.
+MAX_CONFIG_BYTES = 1 * MIB
 
 
 class ConfigError(Exception):
@@ -56,9 +65,18 @@ class KafkaConfig(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     # the password: here (or GEOINCIDENT_KAFKA__SASL_PASSWORD), or in a file; never printed
-    sasl_password: str | None = None
+    sasl_password: SecretStr | None = None
     sasl_password_file: str | None = None
+    # TLS (security_protocol SSL or SASL_SSL): the CA that signed the brokers' certificates
+    # (default: the system's), and for mutual TLS the client's certificate (PEM, which may
+    # hold the key too) and private key, whose password is here or in a file
     ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_key_password_file: str | None = None
+    # the broker's certificate must name the host connected to (the chain is checked anyway)
+    ssl_check_hostname: bool = True
     # SASL over an unencrypted connection sends the password (PLAIN) in clear: refused unless
     # the operator says so
     allow_plaintext_sasl: bool = False
@@ -83,19 +101,55 @@ class KafkaConfig(_Section):
             raise ValueError("kafka.sasl_username is needed with kafka.sasl_mechanism")
         if self.sasl_password and self.sasl_password_file:
             raise ValueError("kafka.sasl_password and kafka.sasl_password_file: set one")
+        if mechanism and not (self.sasl_password or self.sasl_password_file):
+            raise ValueError(
+                "kafka.sasl_password (or kafka.sasl_password_file) is needed with "
+                "kafka.sasl_mechanism"
+            )
+        if not mechanism:
+            for key in ("sasl_username", "sasl_password", "sasl_password_file"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"kafka.{key} is set but kafka.sasl_mechanism is not: the client would "
+                        "not authenticate"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_settings_are_used(self) -> KafkaConfig:
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        if not tls:
+            for key in _TLS_KEYS:
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"kafka.{key} is set but kafka.security_protocol "
+                        f"{self.security_protocol} does not use TLS (SSL or SASL_SSL)"
+                    )
+            if not self.ssl_check_hostname:
+                raise ValueError(
+                    "kafka.ssl_check_hostname = false but kafka.security_protocol "
+                    f"{self.security_protocol} does not use TLS (SSL or SASL_SSL)"
+                )
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("kafka.ssl_keyfile needs kafka.ssl_certfile (the client certificate)")
+        if self.ssl_key_password and self.ssl_key_password_file:
+            raise ValueError("kafka.ssl_key_password and kafka.ssl_key_password_file: set one")
+        if (self.ssl_key_password or self.ssl_key_password_file) and not self.ssl_certfile:
+            raise ValueError(
+                "kafka.ssl_key_password(_file) needs kafka.ssl_certfile (and the key it unlocks)"
+            )
         return self
 
     def password(self) -> str | None:
         """The SASL password, from `sasl_password_file` when set (read at each connect, so a
         rotated file is picked up by a restart)."""
-        if not self.sasl_password_file:
-            return self.sasl_password
-        try:
-            return Path(self.sasl_password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"kafka.sasl_password_file: cannot read {self.sasl_password_file}: {exc}"
-            ) from exc
+        return _secret(self.sasl_password, self.sasl_password_file, "kafka.sasl_password_file")
+
+    def key_password(self) -> str | None:
+        """The password of the client's private key, from `ssl_key_password_file` when set."""
+        return _secret(
+            self.ssl_key_password, self.ssl_key_password_file, "kafka.ssl_key_password_file"
+        )
 
     @field_validator("brokers")
     @classmethod
@@ -105,6 +159,26 @@ class KafkaConfig(_Section):
             if not host or not port.isdigit():
                 raise ValueError(f"{broker!r} is not HOST:PORT")
         return value
+
+
+_TLS_KEYS = (
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_key_password",
+    "ssl_key_password_file",
+)
+
+
+def _secret(value: SecretStr | None, path: str | None, key: str) -> str | None:
+    """A secret given inline or in a file (its content, surrounding whitespace removed)."""
+    if not path:
+        return None if value is None else value.get_secret_value()
+    try:
+        text = read_bounded_text(path, MAX_SECRET_FILE_BYTES)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc}") from None
+    return text.strip()
 
 
 class TopicsConfig(_Section):
@@ -195,6 +269,8 @@ DetectionConfig = create_model(
     ),
     # The worker's, not the detector's: how far past the wall clock a report may be dated.
     future_tolerance_s=(float, Field(default=300.0, ge=0)),
+    # The largest report value read; a larger one goes to the DLQ as too_large, unparsed.
+    max_report_bytes=(int, Field(default=DEFAULT_MAX_REPORT_BYTES, ge=1024, le=8 * MIB)),
     geofences=(str | None, None),  # a GeoJSON file: DetectorParams.geofences
     **_config_fields(DetectorParams, "source_weights"),
     categories=(dict[str, CategoryOverride], Field(default_factory=dict)),
@@ -419,7 +495,8 @@ class Settings(BaseSettings):
                 tuple(
                     Category(name, tuple(entry.tags), tuple(entry.keywords))
                     for name, entry in self.taxonomy.items()
-                )
+                ),
+                max_report_bytes=detection.max_report_bytes,
             )
         except ValueError as exc:
             raise ConfigError(f"taxonomy: {exc}") from exc
@@ -494,9 +571,14 @@ def load_settings(
     if path is not None:
         source = str(path)
         try:
-            document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            document = tomllib.loads(read_bounded_text(path, MAX_CONFIG_BYTES))
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
+        except FileTooLarge:
+            raise ConfigError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes: not a "
+                "configuration file?"
+            ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
@@ -590,8 +672,9 @@ def render_toml(settings: Settings) -> str:
     # so are the rules of every category, each key set (a category's max_false_per_day is its
     # budget: its own, or its share of [detection.significance]'s)
     data["detection"]["categories"] = _effective_categories(settings.detector_params())
-    if data["kafka"].get("sasl_password"):
-        data["kafka"]["sasl_password"] = "***"
+    for secret in ("sasl_password", "ssl_key_password"):
+        if data["kafka"].get(secret):
+            data["kafka"][secret] = "***"
     lines: list[str] = []
 
     def is_tables(value: Any) -> bool:  # a non-empty list of tables: [[prefix.key]] each

@@ -62,8 +62,14 @@ import orjson
 from aiohttp import web
 
 from geoincident import __version__
-from geoincident.detectors.actions import ActionError, encode_action, parse_action
+from geoincident.detectors.actions import (
+    MAX_ACTION_BYTES,
+    ActionError,
+    encode_action,
+    parse_action,
+)
 from geoincident.detectors.timefmt import format_ms, parse_rfc3339_ms
+from geoincident.files import MAX_SECRET_FILE_BYTES, read_bounded_text
 from geoincident.stream import formats
 from geoincident.stream.app import kafka_client_options, logfmt, run_until_signalled
 from geoincident.stream.config import ConfigError, Settings
@@ -79,7 +85,9 @@ STATUS_FILTERS = frozenset((*STATES, "open", "active", "all"))
 NO_JURISDICTION = "-"
 SSE_KEEPALIVE_S = 15.0
 SSE_BACKLOG = 2000  # events queued for one slow page; beyond, it is dropped and reconnects
-MAX_ACTION_BYTES = 64 * 1024
+# An incident event is a few kilobytes (at most `max_report_ids` members); a record larger
+# than this on the incidents topic (or the actions dead-letter topic) is skipped, unparsed.
+MAX_EVENT_BYTES = 1024 * 1024
 PRUNE_INTERVAL_S = 60.0
 
 _STATIC = {
@@ -151,9 +159,9 @@ def load_tokens(settings: Settings, environ: Mapping[str, str] | None = None) ->
     path = settings.console.token_file
     if path:
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = read_bounded_text(path, MAX_SECRET_FILE_BYTES)
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"console.token_file: cannot read {path}: {exc}") from exc
+            raise ConfigError(f"console.token_file: cannot read {path}: {exc}") from None
         for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
@@ -383,6 +391,10 @@ class Console:
     def ingest(self, value: bytes | None) -> bool:
         """One record of the incidents topic; pushes it to the pages when it changed the view."""
         self.consumed += 1
+        if value is not None and len(value) > MAX_EVENT_BYTES:
+            self.malformed += 1
+            log.warning(logfmt("record_skipped", reason="too_large", bytes=len(value)))
+            return False
         try:
             event = orjson.loads(value or b"")
         except orjson.JSONDecodeError:
@@ -397,6 +409,8 @@ class Console:
 
     def ingest_refusal(self, value: bytes | None) -> None:
         """One record of the actions dead-letter topic: the pages learn their action failed."""
+        if value is not None and len(value) > MAX_EVENT_BYTES:
+            return
         try:
             record = orjson.loads(value or b"")
             action = orjson.loads(record.get("raw") or b"{}") if isinstance(record, dict) else {}
@@ -900,7 +914,8 @@ async def run_console(
 
 
 def run(settings: Settings, port: int | None = None) -> int:
-    """`geoincident console`: serve until SIGINT/SIGTERM; 0 then, 1 when it cannot run."""
+    """`geoincident console`: serve until SIGINT/SIGTERM; 0 then, 2 for a configuration it
+    cannot use, 1 when it cannot run (the broker, the port)."""
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -909,9 +924,9 @@ def run(settings: Settings, port: int | None = None) -> int:
         run_until_signalled(lambda stop: run_console(settings, port=port, stop=stop))
     except KeyboardInterrupt:
         return 0
-    except ConfigError as exc:
+    except ConfigError as exc:  # a token, TLS or password file that cannot be used
         print(f"geoincident console: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except Exception as exc:  # the broker or the port: say so in one line
         from aiokafka.errors import KafkaError
 

@@ -17,11 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 
+from geoincident.stream import security
 from geoincident.stream.broker import (
     EmbeddedBroker,
     _die_with_parent_preexec,
@@ -59,7 +61,14 @@ def _stop(process: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
         process.wait()
 
 
-def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float, seed: int) -> int:
+def run_demo(
+    settings: Settings,
+    brokers: str | None,
+    speed: float,
+    hours: float,
+    seed: int,
+    config: Path | None = None,
+) -> int:
     console = Console(highlight=False, soft_wrap=True)
     workdir = Path(tempfile.mkdtemp(prefix="geoincident-demo-"))
     broker: EmbeddedBroker | None = None
@@ -76,13 +85,18 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
             broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
             brokers = broker.bootstrap
         topics = settings.topics
-        asyncio.run(ensure_topics(brokers, settings.topic_partitions()))
+        client_options = security.client_options(settings.kafka)
+        asyncio.run(ensure_topics(brokers, settings.topic_partitions(), **client_options))
         web_port = free_tcp_port()
         env = dict(os.environ)
         env.update(
             GEOINCIDENT_WORKER__DATA_DIR=str(workdir / "state"),
             GEOINCIDENT_KAFKA__GROUP_ID=f"geoincident-demo-{os.getpid()}",
         )
+        if config is not None:
+            # the worker, the console and the simulator read the same file (its [kafka]
+            # security settings included)
+            env["GEOINCIDENT_CONFIG"] = str(config.resolve())
         districts = None
         if settings.detection.geofences is None and EXAMPLE_DISTRICTS.is_file():
             # the simulated city's example districts: incidents show their jurisdiction
@@ -133,7 +147,17 @@ def run_demo(settings: Settings, brokers: str | None, speed: float, hours: float
         console.print(
             f"a simulated city at {speed:g}x speed; incidents appear as they open. Ctrl-C stops."
         )
-        asyncio.run(_watch(console, brokers, topics.incidents, lambda: stopping, worker, simulator))
+        asyncio.run(
+            _watch(
+                console,
+                brokers,
+                topics.incidents,
+                lambda: stopping,
+                worker,
+                simulator,
+                client_options,
+            )
+        )
         return 0
     finally:
         console.print("stopping: simulator, worker, broker ...")
@@ -154,9 +178,14 @@ async def _watch(
     should_stop,
     worker: subprocess.Popen[bytes],
     simulator: subprocess.Popen[bytes],
+    client_options: dict[str, Any],
 ) -> None:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=brokers, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=brokers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **client_options,
     )
     await consumer.start()
     opened = 0

@@ -82,6 +82,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from geoincident import __version__
+from geoincident.files import MAX_SECRET_FILE_BYTES, read_bounded_text
 from geoincident.stream.app import kafka_client_options, logfmt, run_until_signalled
 from geoincident.stream.config import (
     ConfigError,
@@ -104,6 +105,11 @@ POLL_TIMEOUT_MS = 200
 POLL_MAX_RECORDS = 500
 USER_AGENT = f"geoincident-notify/{__version__}"
 _ERROR_DETAIL_CHARS = 200
+# An incident event is a few kilobytes; a larger record is skipped (logged), never parsed.
+MAX_EVENT_BYTES = 1024 * 1024
+# What is read of a receiver's answer: an error's first line, an Open311 request id. The rest
+# of a longer answer is not read (a receiver cannot fill the notifier's memory).
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 # ---------------------------------------------------------------------------------- routes
@@ -167,11 +173,11 @@ def open311_api_key(open311: Open311Config | None) -> str | None:
         return key
     if open311.api_key_file:
         try:
-            text = Path(open311.api_key_file).read_text(encoding="utf-8")
-        except OSError as exc:
+            text = read_bounded_text(open311.api_key_file, MAX_SECRET_FILE_BYTES)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ConfigError(
-                f"notify.open311.api_key_file: cannot read {open311.api_key_file}: "
-                f"{exc.strerror or exc}"
+                f"notify.open311.api_key_file: cannot read {open311.api_key_file}: {reason}"
             ) from None
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         if not lines:
@@ -393,7 +399,7 @@ class _Sink:
                 async with session.post(
                     self.url, data=data, headers=headers, timeout=timeout, allow_redirects=False
                 ) as response:
-                    answer = await response.read()
+                    answer = await read_bounded(response, MAX_ANSWER_BYTES)
                     if 200 <= response.status < 300:
                         return _Outcome(True, attempt, body=answer)
                     error = f"HTTP {response.status}{_detail(answer)}"
@@ -546,6 +552,20 @@ class _Open311Sink(_Sink):
             log.info(line)
 
 
+async def read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most `limit` bytes of a response's body; the rest is left unread (the connection is
+    then closed rather than reused)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _georeport_answer(body: bytes) -> tuple[str | None, str | None]:
     """(service_request_id, token) from a GeoReport v2 answer:
     `[{"service_request_id": "..."}]`, or `[{"token": "..."}]` when the city assigns the id
@@ -680,6 +700,8 @@ def _parse(raw: bytes | None) -> dict[str, Any] | None:
     event: Any = None
     if raw is None:
         reason = "empty"
+    elif len(raw) > MAX_EVENT_BYTES:
+        reason = "too_large"
     else:
         try:
             event = orjson.loads(raw)

@@ -149,9 +149,17 @@ def create_topics(bootstrap: str, names: dict) -> None:
     asyncio.run(ensure_topics(bootstrap, topics))
 
 
-def produce(bootstrap: str, topic: str, values: Iterable[bytes], key: bytes | None = None) -> int:
+def produce(
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes],
+    key: bytes | None = None,
+    client_options: dict | None = None,
+) -> int:
     async def run() -> int:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, linger_ms=5, **(client_options or {})
+        )
         await producer.start()
         count = 0
         try:
@@ -193,6 +201,7 @@ def consume(
     settle_s: float = 2.0,
     timeout_s: float = 60.0,
     until: Callable[[list[bytes]], bool] | None = None,
+    client_options: dict | None = None,
 ) -> list[bytes]:
     """Everything on a topic: read until `until` holds (then `settle_s` more) or it is quiet."""
 
@@ -202,6 +211,7 @@ def consume(
             bootstrap_servers=bootstrap,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            **(client_options or {}),
         )
         await consumer.start()
         values: list[bytes] = []

@@ -592,3 +592,37 @@ async def test_the_event_feed_pushes_new_versions_only(api):
     console.prune()
     assert await next_message() == ("gone", {"incident_ids": ["inc-z"]})
     response.close()
+
+
+# ------------------------------------------------------------------------------ input limits
+
+
+async def test_an_action_body_over_64_kib_is_refused_unread_and_nothing_is_produced(api):
+    from geoincident.detectors.actions import MAX_ACTION_BYTES
+
+    console, sent = make_console()
+    console.ingest(raw(event()))
+    client = await api(console)
+    body = {"action": "ack", "by": "d-7", "note": "n" * 4000}
+    # near the limit (the console adds `at` and `incident_id` before the worker's parser
+    # checks the same limit)
+    padding = "p" * (MAX_ACTION_BYTES - 5000)
+    near = orjson.dumps({**body, "pad": padding})
+    assert (await post_action(client, near, bearer())).status == 202
+    over = orjson.dumps({**body, "pad": "p" * MAX_ACTION_BYTES})
+    response = await post_action(client, over, bearer())
+    assert response.status == 413
+    assert len(sent) == 1
+
+
+def test_an_oversized_record_on_the_incidents_topic_is_skipped_unparsed(monkeypatch):
+    from geoincident.stream import console as console_module
+
+    console, _ = make_console()
+    huge = raw(event(padding="x" * console_module.MAX_EVENT_BYTES))
+    monkeypatch.setattr(console_module.orjson, "loads", lambda *_: pytest.fail("parsed"))
+    assert console.ingest(huge) is False
+    console.ingest_refusal(huge)  # the actions dead-letter topic: the same bound
+    monkeypatch.undo()
+    assert console.malformed == 1 and len(console.view) == 0
+    assert console.ingest(raw(event())) is True

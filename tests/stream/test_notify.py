@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -539,3 +540,48 @@ def test_open311_api_key(tmp_path, monkeypatch):
     missing = Open311Config(endpoint="http://x", api_key_file=str(tmp_path / "nope"))
     with pytest.raises(ConfigError, match="notify.open311.api_key_file: cannot read"):
         open311_api_key(missing)
+
+
+# ------------------------------------------------------------------------------ input limits
+
+
+async def test_an_oversized_record_is_skipped_unparsed(tmp_path, receivers, caplog, monkeypatch):
+    from geoincident.stream import notify as notify_module
+
+    caplog.set_level(logging.INFO, logger="geoincident.notify")
+    receiver = await receivers()
+    huge = raw(padding="x" * notify_module.MAX_EVENT_BYTES)
+    async with Notifier(config(tmp_path, hook("h", receiver.url()))) as notifier:
+        with monkeypatch.context() as patch:
+            patch.setattr(notify_module.orjson, "loads", lambda *_: pytest.fail("parsed"))
+            await notifier.handle(huge)
+        await notifier.handle(EVENTS[0])
+    assert "event=record_skipped reason=too_large" in caplog.text
+    assert len(receiver.requests) == 1  # the event after it went out
+
+
+async def test_a_receivers_answer_is_read_up_to_64_kib(tmp_path, receivers):
+    from geoincident.stream.notify import MAX_ANSWER_BYTES, read_bounded
+
+    answer = b"[" + b'{"description":"' + b"e" * (4 * MAX_ANSWER_BYTES) + b'"}]'
+    receiver = await receivers(lambda r, body, headers: (500, answer))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(receiver.url()) as response:
+            assert len(await read_bounded(response, MAX_ANSWER_BYTES)) == MAX_ANSWER_BYTES
+        async with session.post(receiver.url()) as response:
+            assert await read_bounded(response, 10**9) == answer  # a short one: all of it
+    # a delivery answered with it fails as any 500 does, its error cut to one line
+    cfg = config(tmp_path, hook("h", receiver.url()), max_attempts=1)
+    async with Notifier(cfg) as notifier:
+        await notifier.handle(EVENTS[0])
+        (failed,) = notifier.state.failed("h")
+    assert failed["last_error"].startswith("HTTP 500: ") and len(failed["last_error"]) < 300
+
+
+def test_the_api_key_file_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.delenv(API_KEY_VARIABLE, raising=False)
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"k" * (64 * 1024 + 1))
+    big = Open311Config(endpoint="http://x", api_key_file=str(key_file))
+    with pytest.raises(ConfigError, match=r"notify\.open311\.api_key_file: .*larger than 65,536"):
+        open311_api_key(big)
