@@ -69,11 +69,11 @@ def envelope(kind: int, owner: bool, channel: int, value: bytes, floor: int = -1
     return _HEADER.pack(_MAGIC, kind, OWNER if owner else 0, channel, floor) + value
 
 
-def open_routed(value: bytes) -> tuple[int, bool, int, int, bytes]:
+def open_routed(value: bytes | None) -> tuple[int, bool, int, int, bytes]:
     """(kind, owner copy, channel, floor, original bytes); kind 0 for a value that is not a
-    routed record."""
-    if len(value) < HEADER_SIZE:
-        return 0, False, 0, -1, value
+    routed record (a null value included)."""
+    if value is None or len(value) < HEADER_SIZE:
+        return 0, False, 0, -1, value or b""
     magic, kind, flags, channel, floor = _HEADER.unpack_from(value)
     if magic != _MAGIC or kind not in _KINDS:
         return 0, False, 0, -1, value

@@ -809,3 +809,9 @@ def test_the_unsharded_core_emits_what_it_is_told_it_owns():
     assert events == [] and len(kept.detector.incidents) == 1
     events, _ = feed(WorkerCore(PARAMS, "reports", source_is_file=True), values)
     assert len(opened_dicts(events)) == 1
+
+
+def test_a_null_value_on_the_routed_topic_is_skipped():
+    core = RegionCore(PARAMS, ONE, 0, "routed")
+    out = core.on_routed([(0, None, 0), *batch(owned([report("good", 0)]))[0:]], None)
+    assert out.outcomes == Counter(accepted=1)
