@@ -55,34 +55,37 @@ ACTION = 2
 MARK = 3
 _MARK = struct.Struct(">qq")
 OWNER = 1  # flag: the copy its partition owns (a report's owner region; an action's answerer)
-# magic, kind, flags, channel, floor: a report's floor is the latest event time its router had
+# magic, kind, flags, channel, floor, origin (the record's offset in its source partition, for
+# the DLQ records that name it); a report's floor is the latest event time its router had
 # routed from its source partition before it (-1: none), so that the routed partition judges
 # it against the same event time as an unsharded worker reading that partition would,
 # whatever went to other regions in between
 _MAGIC = 0x67
-_HEADER = struct.Struct(">BBBHq")
+_HEADER = struct.Struct(">BBBHqq")
 HEADER_SIZE = _HEADER.size
 _KINDS = (REPORT, ACTION, MARK)
 
 
-def envelope(kind: int, owner: bool, channel: int, value: bytes, floor: int = -1) -> bytes:
-    return _HEADER.pack(_MAGIC, kind, OWNER if owner else 0, channel, floor) + value
+def envelope(
+    kind: int, owner: bool, channel: int, value: bytes, floor: int = -1, origin: int = -1
+) -> bytes:
+    return _HEADER.pack(_MAGIC, kind, OWNER if owner else 0, channel, floor, origin) + value
 
 
-def open_routed(value: bytes | None) -> tuple[int, bool, int, int, bytes]:
-    """(kind, owner copy, channel, floor, original bytes); kind 0 for a value that is not a
-    routed record (a null value included)."""
+def open_routed(value: bytes | None) -> tuple[int, bool, int, int, int, bytes]:
+    """(kind, owner copy, channel, floor, origin, original bytes); kind 0 for a value that is
+    not a routed record (a null value included)."""
     if value is None or len(value) < HEADER_SIZE:
-        return 0, False, 0, -1, value or b""
-    magic, kind, flags, channel, floor = _HEADER.unpack_from(value)
+        return 0, False, 0, -1, -1, value or b""
+    magic, kind, flags, channel, floor, origin = _HEADER.unpack_from(value)
     if magic != _MAGIC or kind not in _KINDS:
-        return 0, False, 0, -1, value
-    return kind, bool(flags & OWNER), channel, floor, value[HEADER_SIZE:]
+        return 0, False, 0, -1, -1, value
+    return kind, bool(flags & OWNER), channel, floor, origin, value[HEADER_SIZE:]
 
 
 def open_envelope(value: bytes) -> tuple[int, bool, int, bytes]:
     """(kind, owner copy, channel, original bytes); kind 0 for a value that is not one."""
-    kind, owner, channel, _, payload = open_routed(value)
+    kind, owner, channel, _, _, payload = open_routed(value)
     return kind, owner, channel, payload
 
 
@@ -170,11 +173,10 @@ class Router:
             report: Report = parsed  # type: ignore[assignment]
             floor = -1 if max_ts_ms is None else max_ts_ms
             owner, others = targets(report.lat, report.lon)
-            out.append(
-                (owner, envelope(REPORT, True, partition, value, floor), timestamp_ms, offset)
-            )
+            own = envelope(REPORT, True, partition, value, floor, offset)
+            out.append((owner, own, timestamp_ms, offset))
             for other in others:
-                copy = envelope(REPORT, False, partition, value, floor)
+                copy = envelope(REPORT, False, partition, value, floor, offset)
                 out.append((other, copy, timestamp_ms, offset))
             routed.halo_copies += len(others)
             # what moves an unsharded partition's event time: a report its detector accepts
@@ -219,7 +221,7 @@ class Router:
         regions = self.regions
         answerer = regions.partition_of(shard) if shard is not None else 0
         copies = [
-            (p, envelope(ACTION, p == answerer, partition, value))
+            (p, envelope(ACTION, p == answerer, partition, value, -1, offset))
             for p in range(regions.partitions)
         ]
         return copies, out
@@ -248,6 +250,8 @@ class RegionCore(WorkerCore):
         now_ms: int | None = None,
         future_tolerance_s: float = 300.0,
         idle_advance: bool = True,
+        source_topic: str = "reports",
+        source_actions_topic: str = "incident-actions",
     ) -> None:
         super().__init__(
             params,
@@ -259,6 +263,10 @@ class RegionCore(WorkerCore):
         )
         self.regions = regions
         self.partition = partition
+        # DLQ records name where a record came from: its source topic, partition and offset
+        self.source_topic = source_topic
+        self.source_actions_topic = source_actions_topic
+        self._origins: dict[int, tuple[str | None, int | None, int]] = {}
         self._owned: dict[str, bool] = {}
         self._start = 0
         # per channel, from its router's marks: how long its source partition has been quiet
@@ -280,8 +288,15 @@ class RegionCore(WorkerCore):
         return owned
 
     def dlq_partition(self, partition: int) -> int | None:
-        # where the record was read: this routed partition (a replay: the file, no partition)
+        # a record without its origin: where it was read, this routed partition (a replay:
+        # the file, no partition)
         return None if self.source_is_file else self.partition
+
+    def _dlq_at(
+        self, topic: str | None, partition: int | None, offset: int
+    ) -> tuple[str | None, int | None, int]:
+        found = self._origins.get(offset)
+        return found if found is not None else (topic, partition, offset)
 
     @property
     def position(self) -> int:
@@ -312,9 +327,14 @@ class RegionCore(WorkerCore):
         halo: set[int] = set()
         floors: dict[int, int] = {}
         channel = -1
+        origins = self._origins
+        origins.clear()
+        file = self.source_is_file
         for offset, value, timestamp_ms in records:
-            kind, owner, source, floor, payload = open_routed(value)
+            kind, owner, source, floor, origin, payload = open_routed(value)
             if kind == REPORT:
+                if origin >= 0:
+                    origins[offset] = (self.source_topic, None if file else source, origin)
                 if source != channel and run:
                     out.extend(self.on_reports(channel, run, now_ms, silent, halo, floors))
                     run, halo, floors = [], set(), {}
@@ -330,6 +350,8 @@ class RegionCore(WorkerCore):
                 out.extend(self.on_reports(channel, run, now_ms, silent, halo, floors))
                 run, halo, floors = [], set(), {}
             if kind == ACTION:
+                if origin >= 0:
+                    origins[offset] = (self.source_actions_topic, source, origin)
                 out.extend(self._action(payload, offset, now_ms, silent, owner))
             elif kind == MARK:
                 marked = self._mark(source, payload, offset, now_ms)
@@ -408,7 +430,7 @@ class RegionCore(WorkerCore):
         taxonomy = self.params.taxonomy
         reports = []
         for value in values:
-            kind, owner, _, _, payload = open_routed(value)
+            kind, owner, _, _, _, payload = open_routed(value)
             if kind != REPORT:
                 continue
             parsed = parse_report(payload, taxonomy)
@@ -432,7 +454,8 @@ class RoutedCores:
     def __init__(self, params: DetectorParams, regions: RegionMap, source_name: str) -> None:
         self.router = Router(params, regions, source_name, "incident-actions")
         self.cores = [
-            RegionCore(params, regions, p, source_name) for p in range(regions.partitions)
+            RegionCore(params, regions, p, source_name, source_topic=source_name)
+            for p in range(regions.partitions)
         ]
         for core in self.cores:
             core.source_is_file = True

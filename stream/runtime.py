@@ -322,15 +322,25 @@ class WorkerCore:
     ) -> None:
         out.outcomes["rejected"] += 1
         out.rejections[rejection.reason] += 1
+        topic, at_partition, at_offset = self._dlq_at(
+            self.topic, self.dlq_partition(partition), offset
+        )
         record = dlq_record(
             value,
             rejection,
-            topic=self.topic,
-            partition=self.dlq_partition(partition),
-            offset=offset,
+            topic=topic,
+            partition=at_partition,
+            offset=at_offset,
             received_at_ms=now_ms,
         )
         out.dlq.append(orjson.dumps(record))
+
+    def _dlq_at(
+        self, topic: str | None, partition: int | None, offset: int
+    ) -> tuple[str | None, int | None, int]:
+        """Where a DLQ record says its record was read (scale-out: its source, not the routed
+        topic)."""
+        return topic, partition, offset
 
     def _failed(
         self,
@@ -441,12 +451,13 @@ class WorkerCore:
             # the metric's outcomes: applied, unknown_incident, invalid
             outcome = "unknown_incident" if error.reason.startswith("unknown_") else "invalid"
             out.outcomes[f"action:{_action_name(value)}:{outcome}"] += 1
+            topic, at_partition, at_offset = self._dlq_at(self.actions_topic, partition, offset)
             record = dlq_record(
                 value,
                 Rejection(error.reason, error.detail),
-                topic=self.actions_topic,
-                partition=partition,
-                offset=offset,
+                topic=topic,
+                partition=at_partition,
+                offset=at_offset,
                 received_at_ms=now_ms,
             )
             out.action_dlq.append(orjson.dumps(record))
@@ -464,12 +475,13 @@ class WorkerCore:
                 )
             out.outcomes[f"action:{_action_name(value)}:invalid"] += 1
             detail = f"{type(error).__name__}: {error}"[:500]
+            topic, at_partition, at_offset = self._dlq_at(self.actions_topic, partition, offset)
             record = dlq_record(
                 value,
                 Rejection(INTERNAL_ERROR, detail),
-                topic=self.actions_topic,
-                partition=partition,
-                offset=offset,
+                topic=topic,
+                partition=at_partition,
+                offset=at_offset,
                 received_at_ms=now_ms,
             )
             out.action_dlq.append(orjson.dumps(record))

@@ -206,11 +206,11 @@ class ShardedWorker(Worker):
             return
         send = self.app.producer.send
         topic = self.settings.topics.routed
-        futures = [
-            await send(topic, None, value, target, None, None)
-            for target, value in self.router.marks(self._sources, now_ms())
-        ]
-        await asyncio.gather(*futures)
+        # queued behind the reports routed before them, not waited for: a mark that is late
+        # or lost (a broker outage) only delays the idle advance it carries
+        for target, value in self.router.marks(self._sources, now_ms()):
+            future = await send(topic, None, value, target, None, None)
+            future.add_done_callback(_ignore_outcome)
 
     # ------------------------------------------------------------------ stage 2: detect
 
@@ -280,6 +280,8 @@ class ShardedWorker(Worker):
             now_ms=current,
             future_tolerance_s=settings.detection.future_tolerance_s,
             idle_advance=settings.worker.idle_advance,
+            source_topic=topics.reports,
+            source_actions_topic=topics.actions,
         )
         key = checkpoint_key(partition)
         blob = self.state.get(key)
@@ -473,3 +475,9 @@ class ShardedWorker(Worker):
             if highwater is not None:
                 lags[(topic, partition)] = max(0, highwater - core.position)
         self.metrics.set_consumer_lag(lags)
+
+
+def _ignore_outcome(future: Any) -> None:
+    """A mark's delivery is not waited for; its failure (an outage) is not an error."""
+    if not future.cancelled():
+        future.exception()

@@ -179,13 +179,21 @@ def vm_hwm_kib_of(worker: WorkerProcess) -> int:
 PLANTED = ["gas_leak", "pothole", "road_flooding", "streetlight_out"]
 
 
-def test_ten_thousand_poison_messages_in_a_real_stream(bootstrap, topic_name, tmp_path):
+@pytest.mark.parametrize("scaled", [False, True])
+def test_ten_thousand_poison_messages_in_a_real_stream(bootstrap, topic_name, tmp_path, scaled):
     """Two rounds of 10,000 poison messages with 21 valid reports (4 planted incidents) each,
     into one worker. The second round shows whether anything grows per poison message: the
-    worker's peak RSS (VmHWM) after it must be what it was after the first."""
+    worker's peak RSS (VmHWM) after it must be what it was after the first. `scaled`: the
+    worker with [scale] set (its router sends the poison to the DLQ)."""
     names = topic_names(topic_name)
     create_topics(bootstrap, names)
-    worker = WorkerProcess(bootstrap, names, tmp_path).start()
+    scale = {}
+    if scaled:
+        scale = {
+            "GEOINCIDENT_SCALE__REGION_RESOLUTION": "5",
+            "GEOINCIDENT_TOPICS__ROUTED": topic_name("routed"),
+        }
+    worker = WorkerProcess(bootstrap, names, tmp_path, **scale).start()
     expected: list[str | None] = []  # by offset
     peaks = []
     try:

@@ -121,7 +121,9 @@ class WorkerProcess(ChildProcess):
         return self.get("/stats")[1]["totals"]
 
     def processed(self) -> int:
-        return sum(self.totals().values())
+        """Reports read, each once (with [scale], halo copies are not input: their owner
+        counts them)."""
+        return sum(n for outcome, n in self.totals().items() if outcome != "halo")
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
         assert self.process is not None

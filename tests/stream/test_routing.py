@@ -201,7 +201,9 @@ def test_an_envelope_opens_to_what_was_put_in(kind, owner, channel, value, floor
     wrapped = envelope(kind, owner, channel, value, floor)
     assert len(wrapped) == HEADER_SIZE + len(value)
     assert open_envelope(wrapped) == (kind, owner, channel, value)
-    assert open_routed(wrapped) == (kind, owner, channel, floor, value)
+    assert open_routed(wrapped) == (kind, owner, channel, floor, -1, value)
+    placed = envelope(kind, owner, channel, value, floor, 41)
+    assert open_routed(placed) == (kind, owner, channel, floor, 41, value)
 
 
 @pytest.mark.parametrize("value", [b"", b"\x01", b"\x01\x01\x00"])
@@ -262,8 +264,8 @@ def test_a_report_goes_to_its_owners_partition_and_as_halo_copies_to_the_others(
     routed = router.route_reports(2, [(7, value, 1_234)], NOW_MS)
     assert routed.dlq == []
     assert routed.records == [
-        (owner, envelope(REPORT, True, 2, value), 1_234, 7),
-        *[(p, envelope(REPORT, False, 2, value), 1_234, 7) for p in others],
+        (owner, envelope(REPORT, True, 2, value, -1, 7), 1_234, 7),
+        *[(p, envelope(REPORT, False, 2, value, -1, 7), 1_234, 7) for p in others],
     ]
     assert routed.halo_copies == len(others)
     # far from any border (a region's centre): one copy, the owner's
@@ -815,3 +817,16 @@ def test_a_null_value_on_the_routed_topic_is_skipped():
     core = RegionCore(PARAMS, ONE, 0, "routed")
     out = core.on_routed([(0, None, 0), *batch(owned([report("good", 0)]))[0:]], None)
     assert out.outcomes == Counter(accepted=1)
+
+
+def test_a_dlq_record_of_a_routed_report_names_where_it_came_from():
+    """The router puts the source offset in the envelope: a report the detector refuses (here
+    too late) is named by the reports topic, its partition and offset, as without [scale]."""
+    router = Router(PARAMS, ONE, "reports", "incident-actions")
+    core = RegionCore(PARAMS, ONE, 0, "routed", source_topic="reports")
+    ahead, old = report("ahead", 60), report("old", 0)
+    routed = router.route_reports(3, [(40, line(ahead), 0), (41, line(old), 0)], None)
+    out = core.on_routed([(n, value, 0) for n, (_, value, _, _) in enumerate(routed.records)], None)
+    [record] = dlq(out)
+    assert record["reason"] == "too_late"
+    assert (record["topic"], record["partition"], record["offset"]) == ("reports", 3, 41)
