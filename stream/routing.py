@@ -41,7 +41,13 @@ from geoincident.detectors.params import DetectorParams
 from geoincident.detectors.report import Rejection, Report, dlq_record, parse_report
 from geoincident.detectors.taxonomy import UNCLASSIFIED
 from geoincident.geo.regions import RegionMap
-from geoincident.stream.runtime import _NO_PARTITION, Outputs, PartitionClock, WorkerCore
+from geoincident.stream.runtime import (
+    _NO_PARTITION,
+    Outputs,
+    PartitionClock,
+    WorkerCore,
+    _action_name,
+)
 
 log = logging.getLogger("geoincident.worker")
 
@@ -225,14 +231,6 @@ class Router:
             for p in range(regions.partitions)
         ]
         return copies, out
-
-
-def _action_name(value: bytes) -> str:
-    try:
-        name = orjson.loads(value).get("action")
-    except (orjson.JSONDecodeError, AttributeError):
-        return "invalid"
-    return name if isinstance(name, str) else "invalid"
 
 
 class RegionCore(WorkerCore):
