@@ -468,12 +468,19 @@ class ShardedWorker(Worker):
             chance_groups=chance_groups,
             reputation=reputation,
         )
+        # both stages' lag: the reports partitions it routes, the routed ones it detects on
         topic = self.settings.topics.routed
         lags: dict[tuple[str, int], int] = {}
         for partition, core in self.cores.items():
             highwater = self.app.consumer.highwater(TP(topic, partition))
             if highwater is not None:
                 lags[(topic, partition)] = max(0, highwater - core.position)
+        reports = self.settings.topics.reports
+        for partition in self._sources:
+            highwater = self.app.consumer.highwater(TP(reports, partition))
+            if highwater is not None:
+                done = self._source_next.get(partition, 0)
+                lags[(reports, partition)] = max(0, highwater - done)
         self.metrics.set_consumer_lag(lags)
 
 
