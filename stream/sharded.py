@@ -72,6 +72,7 @@ class ShardedWorker(Worker):
         self._assigned: set[int] = set()
         self._sources: list[int] = []  # the reports partitions this process routes
         self._source_next: dict[int, int] = {}  # ... and the next offset to route of each
+        self._committed_sources: dict[int, int] = {}  # the group's commit, when it was read
         self._restore_locks: dict[int, asyncio.Lock] = {}
         self._step = asyncio.Lock()
         self._last_checkpoint: dict[int, float] = {}
@@ -206,11 +207,29 @@ class ShardedWorker(Worker):
             return
         send = self.app.producer.send
         topic = self.settings.topics.routed
+        known = [s for s in self._sources if await self._knows_where(s)]
         # queued behind the reports routed before them, not waited for: a mark that is late
         # or lost (a broker outage) only delays the idle advance it carries
-        for target, value in self.router.marks(self._sources, now_ms()):
+        for target, value in self.router.marks(known, now_ms()):
             future = await send(topic, None, value, target, None, None)
             future.add_done_callback(_ignore_outcome)
+
+    async def _knows_where(self, source: int) -> bool:
+        """Whether this process can say where a source partition stands: it routed from it,
+        or there is nothing to route (its committed offset is at its end). Not while records
+        wait to be routed: a mark then would have its channel counted as empty and its
+        reports found late once they come."""
+        if source in self.router.sources:
+            return True
+        reports = self.settings.topics.reports
+        highwater = self.app.consumer.highwater(TP(reports, source))
+        if highwater is None:
+            return False
+        committed = self._committed_sources.get(source)
+        if committed is None:
+            committed = (await self.committed_offsets(reports, [source])).get(source, 0)
+            self._committed_sources[source] = committed
+        return committed >= highwater
 
     # ------------------------------------------------------------------ stage 2: detect
 
@@ -338,6 +357,7 @@ class ShardedWorker(Worker):
         for source in list(self._source_next):
             if source not in sources:
                 del self._source_next[source]  # if it comes back: from the group's commit
+        self._committed_sources.clear()
         log.info(
             logfmt(
                 "partitions_assigned",
