@@ -22,7 +22,7 @@ from geoincident import __version__
 from geoincident.stream import security
 from geoincident.stream.batching import BATCH_CODEC
 from geoincident.stream.batching import install as install_batching
-from geoincident.stream.checkpoint import CheckpointError, decode, encode
+from geoincident.stream.checkpoint import CheckpointError, assembled, decode, encode, stored
 from geoincident.stream.config import Settings
 from geoincident.stream.liveness import BrokerLiveness
 from geoincident.stream.metrics import WorkerMetrics
@@ -456,7 +456,8 @@ class Worker:
         self._checkpointed = marker
         self._last_checkpoint = time.monotonic()
         blob = encode(self.core.checkpoint())
-        self.state[CHECKPOINT_KEY] = blob
+        for key, value in stored(CHECKPOINT_KEY, blob, self.core.checkpoint_seq):
+            self.state[key] = value
         log.info(logfmt("checkpoint", seq=self.core.checkpoint_seq, bytes=len(blob)))
 
     async def ensure_restored(self) -> None:
@@ -467,7 +468,7 @@ class Worker:
                 return
             blob = self.state.get(CHECKPOINT_KEY)
             if blob:
-                checkpoint = self._decoded(blob)
+                checkpoint = self._decoded(blob)  # (it reads chunks if it was stored in them)
                 self.core.restore(checkpoint, now_ms())
                 read = 0
                 topics = self.settings.topics
@@ -500,7 +501,7 @@ class Worker:
         """The stored checkpoint, or the process ends naming the changelog record that is not
         one: its bytes are never run (no pickle) and never half-used."""
         try:
-            checkpoint = decode(blob)
+            checkpoint = decode(assembled(key, blob, self.state.get))
             if checkpoint.get("version") != CHECKPOINT_VERSION:
                 raise CheckpointError(
                     f"state version {checkpoint.get('version')} is not supported (this build "

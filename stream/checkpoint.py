@@ -35,7 +35,10 @@ dropped silently.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 import zlib
+from collections.abc import Callable
 
 import msgspec
 
@@ -588,3 +591,52 @@ def _surge(saved: SurgeState) -> _Surge:
 
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "CheckpointError", "decode", "encode"]
+
+
+# ---------------------------------------------------------------------------- stored in chunks
+
+# A checkpoint larger than this is stored as chunks of this size under keys of their own, and
+# a small header under the checkpoint's key: Kafka refuses records over the broker's
+# `message.max.bytes` (1 MiB by default), and a busy stream's state (reputation: every
+# reporter seen for weeks) outgrows it. Smaller ones are stored whole, as before.
+CHUNK_BYTES = 512 * 1024
+CHUNKED = b"GICH"
+_CHUNK_HEADER = struct.Struct(">4sQIIB16s")  # magic, seq, chunks, total bytes, parity, digest
+
+
+def chunk_key(key: bytes, parity: int, index: int) -> bytes:
+    return b"%s/chunk/%d/%d" % (key, parity, index)
+
+
+def stored(key: bytes, blob: bytes, seq: int) -> list[tuple[bytes, bytes]]:
+    """The (key, value) records that store a checkpoint, to be written in order: the chunks
+    of a large one (under keys of parity seq % 2, so the ones the previous header names are
+    left alone until this header is written) and then its header; a small one whole."""
+    if len(blob) <= CHUNK_BYTES:
+        return [(key, blob)]
+    parity = seq % 2
+    chunks = [blob[i : i + CHUNK_BYTES] for i in range(0, len(blob), CHUNK_BYTES)]
+    digest = hashlib.blake2b(blob, digest_size=16).digest()
+    header = _CHUNK_HEADER.pack(CHUNKED, seq, len(chunks), len(blob), parity, digest)
+    return [(chunk_key(key, parity, i), c) for i, c in enumerate(chunks)] + [(key, header)]
+
+
+def assembled(key: bytes, value: bytes, get: Callable[[bytes], bytes | None]) -> bytes:
+    """The checkpoint stored under `key` (its value, and `get` for its chunks); CheckpointError
+    when a chunk is missing or does not match its header (never a half-read state)."""
+    if not value.startswith(CHUNKED):
+        return value
+    try:
+        _, seq, count, total, parity, digest = _CHUNK_HEADER.unpack(value)
+    except struct.error as exc:
+        raise CheckpointError(f"chunked checkpoint header: {exc}") from None
+    parts = []
+    for index in range(count):
+        part = get(chunk_key(key, parity, index))
+        if part is None:
+            raise CheckpointError(f"chunk {index} of {count} of checkpoint {seq} is missing")
+        parts.append(part)
+    blob = b"".join(parts)
+    if len(blob) != total or hashlib.blake2b(blob, digest_size=16).digest() != digest:
+        raise CheckpointError(f"the chunks of checkpoint {seq} do not match its header")
+    return blob

@@ -28,7 +28,7 @@ from geoincident.stream.app import (
 )
 from geoincident.stream.batching import BATCH_CODEC
 from geoincident.stream.batching import install as install_batching
-from geoincident.stream.checkpoint import encode
+from geoincident.stream.checkpoint import encode, stored
 from geoincident.stream.config import Settings
 from geoincident.stream.liveness import BrokerLiveness
 from geoincident.stream.metrics import WorkerMetrics
@@ -414,12 +414,12 @@ class ShardedWorker(Worker):
         self._checkpointed[partition] = marker
         self._last_checkpoint[partition] = time.monotonic()
         blob = encode(core.checkpoint())
-        key = checkpoint_key(partition)
-        if in_event:
-            self.state[key] = blob  # the current event's partition: this one
-        else:  # memory store, from the timer: no current event to take the partition from
-            self.state.data[key] = blob
-            self.state.send_changelog(partition, key, blob)
+        for key, value in stored(checkpoint_key(partition), blob, core.checkpoint_seq):
+            if in_event:
+                self.state[key] = value  # the current event's partition: this one
+            else:  # memory store, from the timer: no current event to take the partition from
+                self.state.data[key] = value
+                self.state.send_changelog(partition, key, value)
         log.debug(logfmt("checkpoint", partition=partition, seq=core.checkpoint_seq))
 
     def stats(self) -> dict:

@@ -427,3 +427,78 @@ def _body(blob: bytes) -> dict:
 
 def _blob(body: dict) -> bytes:
     return MAGIC + bytes([FORMAT_VERSION]) + zlib.compress(msgspec.msgpack.encode(body))
+
+
+# ---------------------------------------------------------------------------- stored in chunks
+
+
+def _table(records):
+    table = {}
+    for key, value in records:
+        table[key] = value
+    return table
+
+
+def test_a_small_checkpoint_is_stored_whole_as_before():
+    from geoincident.stream.checkpoint import assembled, stored
+
+    blob = b"GICP" + bytes(1000)
+    assert stored(b"checkpoint", blob, 7) == [(b"checkpoint", blob)]
+    assert assembled(b"checkpoint", blob, {}.get) == blob
+
+
+def test_a_large_checkpoint_goes_in_chunks_under_the_kafka_record_limit_and_reads_back():
+    """At 20,000 reports/s of a national stream the checkpoint reached 8.7 MB within 30 s
+    (reputation holds every reporter seen for weeks): more than the producer would send (the
+    worker then stopped, and stopped again at each start) and far more than a Kafka broker's
+    1 MiB record limit."""
+    import os
+
+    from geoincident.stream.checkpoint import CHUNK_BYTES, assembled, stored
+
+    blob = os.urandom(3 * CHUNK_BYTES + 123)
+    records = stored(b"routed/2", blob, 41)
+    assert len(records) == 5 and records[-1][0] == b"routed/2"  # the header goes last
+    assert max(len(value) for _, value in records) <= CHUNK_BYTES < 1024 * 1024
+    table = _table(records)
+    assert assembled(b"routed/2", table[b"routed/2"], table.get) == blob
+
+
+def test_a_checkpoint_cut_short_by_a_crash_leaves_the_previous_one_readable():
+    """Chunks of the next checkpoint go under the other parity's keys: a crash before its
+    header is written leaves the previous header and its chunks intact."""
+    import os
+
+    from geoincident.stream.checkpoint import CHUNK_BYTES, assembled, stored
+
+    first, second = os.urandom(2 * CHUNK_BYTES + 1), os.urandom(2 * CHUNK_BYTES + 2)
+    table = _table(stored(b"checkpoint", first, 10))
+    for key, value in stored(b"checkpoint", second, 11)[:-1]:  # all but the header
+        table[key] = value
+    assert assembled(b"checkpoint", table[b"checkpoint"], table.get) == first
+    table[b"checkpoint"] = stored(b"checkpoint", second, 11)[-1][1]
+    assert assembled(b"checkpoint", table[b"checkpoint"], table.get) == second
+
+
+def test_a_missing_or_foreign_chunk_is_refused_not_half_read():
+    import os
+
+    import pytest
+
+    from geoincident.stream.checkpoint import (
+        CHUNK_BYTES,
+        CheckpointError,
+        assembled,
+        chunk_key,
+        stored,
+    )
+
+    blob = os.urandom(2 * CHUNK_BYTES + 5)
+    table = _table(stored(b"checkpoint", blob, 4))
+    header = table[b"checkpoint"]
+    del table[chunk_key(b"checkpoint", 0, 1)]
+    with pytest.raises(CheckpointError, match="chunk 1 of 3"):
+        assembled(b"checkpoint", header, table.get)
+    table[chunk_key(b"checkpoint", 0, 1)] = os.urandom(CHUNK_BYTES)
+    with pytest.raises(CheckpointError, match="do not match"):
+        assembled(b"checkpoint", header, table.get)
