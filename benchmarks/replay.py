@@ -289,7 +289,9 @@ def write_section(path: Path, heading: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
         end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+        rest = text[end + 1 :] if end != -1 else ""
+        # a blank line before the next heading, however the section ends
+        text = text[:start] + (section.rstrip("\n") + "\n\n" if rest else section) + rest
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
