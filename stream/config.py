@@ -604,7 +604,8 @@ def load_settings(
         raise ConfigError(_describe(exc, source)) from None
     finally:
         _file_document.reset(token)
-    settings.detector_params()  # geofences, taxonomy and category names fail here, at start
+    params = settings.detector_params()  # geofences, taxonomy, category names fail here, at start
+    settings.region_map(params)  # and [scale] against the surge cells
     return settings
 
 

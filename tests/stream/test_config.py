@@ -503,3 +503,11 @@ def test_config_show_prints_every_categorys_effective_rules_and_they_load_back(t
     assert again.resolve_after_ms_of("pothole") == 604_800_000
     assert again.resolve_after_ms_of("streetlight_out") == 1_800_000
     assert again.significance_of("gas_leak")[1] == 0.5
+
+
+def test_regions_finer_than_the_surge_cells_are_refused_at_load_naming_the_key(tmp_path):
+    """A region is made of whole surge cells: a finer one is refused when the config is
+    loaded, by every command, not when the worker first routes."""
+    with pytest.raises(ConfigError, match=r"scale\.region_resolution"):
+        load_settings(write(tmp_path, "[scale]\nregion_resolution = 9\n"))
+    assert load_settings(write(tmp_path, "[scale]\nregion_resolution = 6\n")).scaled_out

@@ -683,9 +683,8 @@ def described(regions: RegionMap | None) -> tuple:
 def test_a_region_resolution_above_the_surge_resolution_fails_naming_the_key(tmp_path):
     path = tmp_path / "geoincident.toml"
     path.write_text("[scale]\nregion_resolution = 7\n")
-    settings = load(path)  # the surge's region resolution is 6
     with pytest.raises(ConfigError, match=r"scale\.region_resolution"):
-        settings.region_map()
+        load(path)  # the surge's region resolution is 6: refused at load
     path.write_text("[scale]\nregion_resolution = 7\n[surge]\nregion_resolution = 8\n")
     assert described(load(path).region_map()) == (7, 8, halo_m_for(DetectorParams()), 4)
 
