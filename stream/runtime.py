@@ -355,19 +355,27 @@ class WorkerCore:
         """A record whose processing raised: to the DLQ with the error (unless it is a halo
         copy: its owner answers for it), logged with its traceback (a defect to report), and
         the stream goes on."""
+        rejection = self._failure(error, self.topic, partition, offset)
+        if not copy:
+            self._reject(out, value, rejection, partition, offset, now_ms)
+
+    def _failure(
+        self, error: Exception, topic: str | None, partition: int, offset: int
+    ) -> Rejection:
+        """Count and log (the first MAX_LOGGED_FAILURES, with the traceback) a record whose
+        processing raised; its DLQ rejection."""
         self.failures += 1
+        detail = f"{type(error).__name__}: {error}"
         if self.failures <= MAX_LOGGED_FAILURES:
             log.error(
-                "event=record_failed partition=%s offset=%s error=%r",
+                "event=record_failed topic=%s partition=%s offset=%s error=%r",
+                topic,
                 partition,
                 offset,
-                f"{type(error).__name__}: {error}",
+                detail,
                 exc_info=error,
             )
-        if copy:
-            return
-        rejection = Rejection(INTERNAL_ERROR, f"{type(error).__name__}: {error}"[:500])
-        self._reject(out, value, rejection, partition, offset, now_ms)
+        return Rejection(INTERNAL_ERROR, detail[:500])
 
     def dlq_partition(self, partition: int) -> int | None:
         """The partition a DLQ record names: the input's, or none for a file (replay)."""
@@ -450,46 +458,39 @@ class WorkerCore:
         except ActionError as error:
             # the metric's outcomes: applied, unknown_incident, invalid
             outcome = "unknown_incident" if error.reason.startswith("unknown_") else "invalid"
-            out.outcomes[f"action:{_action_name(value)}:{outcome}"] += 1
-            topic, at_partition, at_offset = self._dlq_at(self.actions_topic, partition, offset)
-            record = dlq_record(
-                value,
-                Rejection(error.reason, error.detail),
-                topic=topic,
-                partition=at_partition,
-                offset=at_offset,
-                received_at_ms=now_ms,
-            )
-            out.action_dlq.append(orjson.dumps(record))
+            rejection = Rejection(error.reason, error.detail)
+            self._refuse_action(out, value, rejection, outcome, partition, offset, now_ms)
             events = []
         except Exception as error:  # noqa: BLE001 - one action, not the stream
-            self.failures += 1
-            if self.failures <= MAX_LOGGED_FAILURES:
-                log.error(
-                    "event=record_failed topic=%s partition=%s offset=%s error=%r",
-                    self.actions_topic,
-                    partition,
-                    offset,
-                    f"{type(error).__name__}: {error}",
-                    exc_info=error,
-                )
-            out.outcomes[f"action:{_action_name(value)}:invalid"] += 1
-            detail = f"{type(error).__name__}: {error}"[:500]
-            topic, at_partition, at_offset = self._dlq_at(self.actions_topic, partition, offset)
-            record = dlq_record(
-                value,
-                Rejection(INTERNAL_ERROR, detail),
-                topic=topic,
-                partition=at_partition,
-                offset=at_offset,
-                received_at_ms=now_ms,
-            )
-            out.action_dlq.append(orjson.dumps(record))
+            rejection = self._failure(error, self.actions_topic, partition, offset)
+            self._refuse_action(out, value, rejection, "invalid", partition, offset, now_ms)
             events = []
         if silent:
             return Outputs(outcomes=out.outcomes)
         self._emit(out, events, now_ms)
         return out
+
+    def _refuse_action(
+        self,
+        out: Outputs,
+        value: bytes,
+        rejection: Rejection,
+        outcome: str,
+        partition: int,
+        offset: int,
+        now_ms: int | None,
+    ) -> None:
+        out.outcomes[f"action:{_action_name(value)}:{outcome}"] += 1
+        topic, at_partition, at_offset = self._dlq_at(self.actions_topic, partition, offset)
+        record = dlq_record(
+            value,
+            rejection,
+            topic=topic,
+            partition=at_partition,
+            offset=at_offset,
+            received_at_ms=now_ms,
+        )
+        out.action_dlq.append(orjson.dumps(record))
 
     # ------------------------------------------------------------------ checkpoints
 
