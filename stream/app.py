@@ -325,31 +325,40 @@ class Worker:
             topic = self.settings.topics.reports
             expected = (await self.committed_offsets(topic, [partition])).get(partition, 0)
             if records[0][0] > expected:
-                records = await self._fill_gap(partition, expected, records)
-            clock = None
-        if clock is not None and records[0][0] < clock.next_offset:
-            # Already inside the restored checkpoint: processed and produced before the stop.
-            records = [r for r in records if r[0] >= clock.next_offset]
+                records = await self._fill_gap(topic, partition, expected, records)
+        else:
+            # Below the next offset: inside the restored checkpoint, processed and produced
+            # before the stop. Above it: offsets the group skipped (seen with Faust right after
+            # a restart), read here; at-least-once, so producing again is safe.
+            records = await self._starting_at(
+                self.settings.topics.reports, partition, clock.next_offset, records
+            )
             if not records:
                 return
-        elif clock is not None and records[0][0] > clock.next_offset:
-            # Offsets we never saw: the group skipped them (seen with Faust right after a
-            # restart). Read them ourselves; at-least-once, so producing again is safe.
-            records = await self._fill_gap(partition, clock.next_offset, records)
         out = self.core.on_reports(partition, records, current)
         await self.produce(out)
         await self.maybe_checkpoint()
 
+    async def _starting_at(
+        self, topic: str, partition: int, position: int, records: list[tuple[int, bytes, int]]
+    ) -> list[tuple[int, bytes, int]]:
+        """The batch from `position` on: without the records before it (processed already),
+        preceded by those between it and the batch (skipped by the group) read from the topic."""
+        if records[0][0] < position:
+            return [r for r in records if r[0] >= position]
+        if records[0][0] > position:
+            return await self._fill_gap(topic, partition, position, records)
+        return records
+
     async def _fill_gap(
-        self, partition: int, start: int, records: list[tuple[int, bytes, int]]
+        self, topic: str, partition: int, start: int, records: list[tuple[int, bytes, int]]
     ) -> list[tuple[int, bytes, int]]:
         """The batch, preceded by the records [start, its first offset) read from the topic."""
-        missing = await self.read_range(
-            self.settings.topics.reports, partition, start, records[0][0]
-        )
+        missing = await self.read_range(topic, partition, start, records[0][0])
         log.warning(
             logfmt(
                 "gap_filled",
+                topic=topic,
                 partition=partition,
                 start=start,
                 end=records[0][0],

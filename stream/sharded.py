@@ -23,6 +23,7 @@ from geoincident.stream.app import (
     _StateTable,
     _stop_unacked,
     kafka_client_options,
+    log,
     logfmt,
     now_ms,
 )
@@ -181,12 +182,7 @@ class ShardedWorker(Worker):
         expected = self._source_next.get(partition)
         if expected is None:
             expected = (await self.committed_offsets(topic, [partition])).get(partition, 0)
-        if records[0][0] < expected:
-            records = [r for r in records if r[0] >= expected]
-        elif records[0][0] > expected:
-            missing = await self.read_range(topic, partition, expected, records[0][0])
-            self._log_gap(topic, partition, expected, records[0][0], len(missing))
-            records = missing + records
+        records = await self._starting_at(topic, partition, expected, records)
         if records:
             self._source_next[partition] = records[-1][0] + 1
         return records
@@ -238,32 +234,13 @@ class ShardedWorker(Worker):
         async with self._step:
             if self.cores.get(partition) is not core:
                 return  # taken away meanwhile: its new owner processes it
-            position = core.position
-            if records[0][0] < position:
-                records = [r for r in records if r[0] >= position]
-                if not records:
-                    return
-            elif records[0][0] > position:
-                # offsets never seen (the group skipped them): read them (at least once)
-                missing = await self.read_range(
-                    self.settings.topics.routed, partition, position, records[0][0]
-                )
-                self._log_gap(
-                    self.settings.topics.routed, partition, position, records[0][0], len(missing)
-                )
-                records = missing + records
+            topic = self.settings.topics.routed
+            records = await self._starting_at(topic, partition, core.position, records)
+            if not records:
+                return
             out = core.on_routed(records, now_ms())
             await self.produce(out)
             await self.maybe_checkpoint_partition(partition, core, in_event=True)
-
-    def _log_gap(self, topic: str, partition: int, start: int, end: int, count: int) -> None:
-        from geoincident.stream.app import log
-
-        log.warning(
-            logfmt(
-                "gap_filled", topic=topic, partition=partition, start=start, end=end, records=count
-            )
-        )
 
     async def ensure_core(self, partition: int) -> RegionCore:
         """The detector of a routed partition, restored from its checkpoint on first use: the
@@ -285,8 +262,6 @@ class ShardedWorker(Worker):
             return core
 
     async def _restore(self, partition: int) -> RegionCore:
-        from geoincident.stream.app import log
-
         settings = self.settings
         topics = settings.topics
         current = now_ms()
@@ -336,8 +311,6 @@ class ShardedWorker(Worker):
         return core
 
     async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
-        from geoincident.stream.app import log
-
         topic = self.settings.topics.routed
         mine = {tp.partition for tp in assigned if tp.topic == topic}
         async with self._step:
@@ -396,8 +369,6 @@ class ShardedWorker(Worker):
     async def maybe_checkpoint_partition(
         self, partition: int, core: RegionCore, in_event: bool, force: bool = False
     ) -> None:
-        from geoincident.stream.app import log
-
         last = self._last_checkpoint.get(partition, 0.0)
         if not force and time.monotonic() - last < CHECKPOINT_INTERVAL_S:
             return
