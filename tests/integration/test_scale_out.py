@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from geoincident.geo import destination, haversine_m
-from geoincident.stream.config import load_settings
+from geoincident.stream.config import Settings, load_settings
 from geoincident.stream.replay import replay_files
 from tests.integration.workers import (
     Tail,
@@ -125,9 +125,10 @@ def city_stream(seed: int, start_ms: int) -> tuple[list[bytes], list[tuple[str, 
     return [orjson.dumps(r) for r in reports], planted
 
 
-def replay_opened(values: list[bytes], scaled: bool) -> list[dict]:
-    s = settings(scaled)
-    params = s.detector_params()
+def replay_values(values: list[bytes], configured: Settings) -> tuple[list[dict], list[dict]]:
+    """`geoincident replay` of the values with these settings ([scale] or not): (events,
+    DLQ records)."""
+    params = configured.detector_params()
     out, dlq = io.BytesIO(), io.BytesIO()
     replay_files(
         io.BytesIO(b"\n".join(values) + b"\n"),
@@ -135,9 +136,16 @@ def replay_opened(values: list[bytes], scaled: bool) -> list[dict]:
         dlq,
         params,
         "reports",
-        regions=s.region_map(params),
+        regions=configured.region_map(params),
     )
-    events = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    return (
+        [orjson.loads(line) for line in out.getvalue().splitlines()],
+        [orjson.loads(line) for line in dlq.getvalue().splitlines()],
+    )
+
+
+def replay_opened(values: list[bytes], scaled: bool) -> list[dict]:
+    events, _ = replay_values(values, settings(scaled))
     return [e for e in events if e["event"] == "opened"]
 
 

@@ -4,7 +4,6 @@ one process, as `geoincident replay` runs them) against one unsharded detector."
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 import struct
@@ -26,7 +25,6 @@ from geoincident.geo import destination
 from geoincident.geo.regions import RegionMap
 from geoincident.stream.config import ConfigError, ScaleConfig, Settings, TopicsConfig
 from geoincident.stream.config import load_settings as load
-from geoincident.stream.replay import replay_files
 from geoincident.stream.routing import (
     ACTION,
     HEADER_SIZE,
@@ -44,7 +42,12 @@ from geoincident.stream.runtime import INTERNAL_ERROR, Outputs, WorkerCore
 from tests.builders import MINUTE_MS, SPOT, T0_MS, line, report, ring
 from tests.detectors.test_surge import CATEGORY as SURGE_CATEGORY
 from tests.detectors.test_surge import HOUR_MS, background, burst, clock_start
-from tests.integration.test_scale_out import border_points, city_stream, same_incidents
+from tests.integration.test_scale_out import (
+    border_points,
+    city_stream,
+    replay_values,
+    same_incidents,
+)
 
 NOW_MS = T0_MS + 24 * 60 * MINUTE_MS
 RESOLUTION = 5  # regions of ~250 km2, as the scale-out integration test
@@ -170,23 +173,10 @@ def plain_core() -> WorkerCore:
 
 def replay_both(values: list[bytes]) -> dict[str, tuple[list[dict], list[dict]]]:
     """`geoincident replay` of the values, unsharded and with [scale]: (events, DLQ)."""
-    found = {}
-    for name, configured in (("plain", PLAIN), ("scaled", SCALED)):
-        params = configured.detector_params()
-        out, dead = io.BytesIO(), io.BytesIO()
-        replay_files(
-            io.BytesIO(b"\n".join(values) + b"\n"),
-            out,
-            dead,
-            params,
-            "reports",
-            regions=configured.region_map(params),
-        )
-        found[name] = (
-            [orjson.loads(x) for x in out.getvalue().splitlines()],
-            [orjson.loads(x) for x in dead.getvalue().splitlines()],
-        )
-    return found
+    return {
+        name: replay_values(values, configured)
+        for name, configured in (("plain", PLAIN), ("scaled", SCALED))
+    }
 
 
 # ---------------------------------------------------------------------------- envelopes
