@@ -20,7 +20,7 @@ from faust.types import TP
 
 from geoincident import __version__
 from geoincident.stream import security
-from geoincident.stream.batching import BATCH_CODEC
+from geoincident.stream.batching import BATCH_CODEC, acknowledge
 from geoincident.stream.batching import install as install_batching
 from geoincident.stream.checkpoint import CheckpointError, assembled, decode, encode, stored
 from geoincident.stream.config import Settings
@@ -30,6 +30,9 @@ from geoincident.stream.runtime import CHECKPOINT_VERSION, Outputs, WorkerCore
 
 log = logging.getLogger("geoincident.worker")
 
+# What processes records of an input partition read directly (Worker._unstall).
+Refeed = Callable[[int, list[tuple[int, bytes, int]]], Awaitable[None]]
+
 CHECKPOINT_KEY = b"checkpoint"
 CHECKPOINT_INTERVAL_S = 1.0
 # A range read again that gets no record for this many 200 ms polls has stalled; it is retried
@@ -38,6 +41,9 @@ CHECKPOINT_INTERVAL_S = 1.0
 # returned short after 10 s and the batch after it acknowledged past records never processed.)
 READ_RANGE_IDLE_POLLS = 150
 READ_RANGE_ATTEMPTS = 3
+# An assigned partition behind its topic's end whose next offset has not moved for this long is
+# read directly (Worker._unstall).
+STALL_S = 10.0
 
 
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
@@ -108,6 +114,7 @@ class Worker:
         self.shared_group = False
         self._last_checkpoint = 0.0
         self._checkpointed: tuple | None = None
+        self._stalls: dict[tuple[str, int], tuple[tuple[int | None, int], float]] = {}
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ wiring
@@ -224,6 +231,7 @@ class Worker:
                 if not self.app.tables.recovery.completed.is_set():
                     return
             await self.on_tick(checkpoint=self.settings.worker.store == "memory")
+            await self._unstall()
 
     def run(self, loglevel: str = "info") -> None:
         """Create missing topics, then run until SIGINT/SIGTERM (Faust's worker handles them:
@@ -338,6 +346,86 @@ class Worker:
         out = self.core.on_reports(partition, records, current)
         await self.produce(out)
         await self.maybe_checkpoint()
+
+    def _stall_watch(self) -> dict[str, tuple[Callable[[int], int | None], Refeed]]:
+        """The input topics _unstall watches: for each, the next offset to process of a
+        partition (None: nothing processed yet, the group's commit says) and what processes
+        records read directly."""
+        topics = self.settings.topics
+        watch: dict[str, tuple[Callable[[int], int | None], Refeed]] = {
+            topics.actions: (self.core.action_offsets.get, self._apply_actions)
+        }
+        if not self.shared_group:  # paused (see _on_assigned): the reports wait
+            watch[topics.reports] = (self._next_report, self.on_reports)
+        return watch
+
+    def _next_report(self, partition: int) -> int | None:
+        clock = self.core.partitions.get(partition)
+        return clock.next_offset if clock is not None and clock.started else None
+
+    async def _apply_actions(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
+        for offset, value, _ in records:
+            await self.on_action(value, partition, offset)
+
+    async def _unstall(self) -> None:
+        """Faust can drop a batch it delivered right after a start-up seek or a rebalance and
+        move on. Gap filling reads the hole when a later record comes; when none comes (the
+        end of a burst of actions, the last reports of a stream) nothing would. So an assigned
+        partition that stays behind its topic's end with its next offset unchanged for STALL_S
+        is read here from that offset and processed as if delivered; what the consumer may
+        still deliver of it is skipped by offset, as after a restart."""
+        consumer = self.app.consumer
+        try:
+            assignment = sorted(consumer.assignment())
+        except Exception:  # noqa: BLE001 - no consumer yet (starting, a rebalance): next tick
+            return
+        now = time.monotonic()
+        for tp in assignment:
+            watched = self._stall_watch().get(tp.topic)
+            if watched is None:
+                continue
+            next_offset, refeed = watched
+            key = (tp.topic, tp.partition)
+            highwater = consumer.highwater(TP(tp.topic, tp.partition))
+            expected = next_offset(tp.partition)
+            if highwater is None or (expected if expected is not None else 0) >= highwater:
+                self._stalls.pop(key, None)
+                continue
+            mark = (expected, highwater)
+            seen = self._stalls.get(key)
+            if seen is None or seen[0] != mark:
+                self._stalls[key] = (mark, now)
+                continue
+            if now - seen[1] < STALL_S:
+                continue
+            self._stalls[key] = (mark, float("inf"))  # looked at: again once something moves
+            start = expected
+            if start is None:
+                start = (await self.committed_offsets(tp.topic, [tp.partition])).get(
+                    tp.partition, 0
+                )
+            if start >= highwater:
+                continue
+            try:
+                records = await self.read_range(tp.topic, tp.partition, start, highwater)
+            except ShortRead as error:  # nothing was acknowledged: looked at again later
+                self._stalls[key] = (mark, now)
+                log.warning(logfmt("stall_read_failed", topic=tp.topic, error=str(error)))
+                continue
+            log.warning(
+                logfmt(
+                    "stall_read",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    start=start,
+                    end=highwater,
+                    records=len(records),
+                    detail=f"the consumer delivered nothing for {STALL_S:.0f} s while behind",
+                )
+            )
+            if records:
+                await refeed(tp.partition, records)
+                await acknowledge(consumer, TP(tp.topic, tp.partition), start, highwater)
 
     async def _starting_at(
         self, topic: str, partition: int, position: int, records: list[tuple[int, bytes, int]]

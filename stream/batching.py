@@ -10,7 +10,8 @@ once the batch event is acked: at-least-once holds, and the per-record cost is o
 
 This uses private internals of faust-streaming's consumer (`_drain_messages`,
 `_wait_next_records`, `_add_gap`, `_to_message`, `_read_offset`, `suspend_flow`, `flow_active`,
-`perform_seek`, `_buffered_partitions`, `_commit_every`, `_n_acked`, and the consumer thread's
+`perform_seek`, `_buffered_partitions`, `_commit_every`, `_n_acked`, `_acked`, `_acked_index`,
+`_committed_offset` (as `ack` books an offset), and the consumer thread's
 `_create_worker_consumer` with aiokafka's `_fetch_max_wait_ms`): the version is pinned
 exactly in pyproject.toml and tests/stream/test_batching.py fails when they change.
 """
@@ -166,6 +167,25 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         if commit_every is not None and self._n_acked >= commit_every:
             self._n_acked = 0
             await self.commit()
+
+
+async def acknowledge(consumer: Any, tp: TP, start: int, end: int) -> None:
+    """Count offsets [start, end) of `tp`, processed outside the stream (read directly by the
+    worker), as acknowledged: Faust's commit logic then commits past them as it does past a
+    delivered batch (the offsets before the last as a gap, the last as acked, as Consumer.ack
+    books it)."""
+    last = end - 1
+    if last < start:
+        return
+    if start <= last - 1:
+        await consumer._add_gap(tp, start, last - 1)
+    committed = consumer._committed_offset[tp]
+    if committed is None or last >= committed:
+        acked_index = consumer._acked_index[tp]
+        if last not in acked_index:
+            acked_index.add(last)
+            consumer._acked[tp].append(last)
+            consumer._n_acked += 1
 
 
 def install(app: Any, batch_topics: set[str]) -> None:

@@ -264,6 +264,9 @@ class Checkpoint(_Base, tag="geoincident.checkpoint"):
     partitions: dict[int, PartitionState]
     # actions-topic partition -> next offset to apply; absent from older dicts
     actions: dict[int, int] = {}
+    # a routed partition's detector ([scale]): source actions partition -> next source offset
+    # to apply (an action routed again is skipped); empty for an unsharded worker
+    source_actions: dict[int, int] = {}
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -308,7 +311,9 @@ def _names(struct: type[msgspec.Struct], *less: str) -> frozenset[str]:
 
 
 def _checkpoint_state(checkpoint: dict) -> Checkpoint:
-    _fields("the checkpoint", checkpoint, _names(Checkpoint), frozenset({"actions"}))
+    _fields(
+        "the checkpoint", checkpoint, _names(Checkpoint), frozenset({"actions", "source_actions"})
+    )
     partitions = {}
     for number, saved in checkpoint["partitions"].items():
         _fields(f"partition {number}", saved, _names(PartitionState))
@@ -320,6 +325,7 @@ def _checkpoint_state(checkpoint: dict) -> Checkpoint:
             "totals": dict(checkpoint["totals"]),
             "partitions": partitions,
             "actions": dict(checkpoint.get("actions") or {}),
+            "source_actions": dict(checkpoint.get("source_actions") or {}),
         }
     )
 

@@ -267,6 +267,10 @@ class RegionCore(WorkerCore):
         self._origins: dict[int, tuple[str | None, int | None, int]] = {}
         self._owned: dict[str, bool] = {}
         self._start = 0
+        self._marked_to = 0  # past the last mark processed (marks are not in the checkpoint)
+        # per source actions partition, the next source offset to apply: a router routes an
+        # action again after a crash, and the copy is skipped
+        self.source_actions: dict[int, int] = {}
         # per channel, from its router's marks: how long its source partition has been quiet
         # (the idle advance), and whether it has had nothing at all yet (it does not count)
         self._idle: dict[int, int] = {}
@@ -299,7 +303,7 @@ class RegionCore(WorkerCore):
     @property
     def position(self) -> int:
         """The next routed offset to process: every record before it was processed."""
-        position = max(self._start, self.action_offsets.get(self.partition, 0))
+        position = max(self._start, self._marked_to, self.action_offsets.get(self.partition, 0))
         for clock in self.partitions.values():
             if clock.started and clock.next_offset > position:
                 position = clock.next_offset
@@ -308,6 +312,17 @@ class RegionCore(WorkerCore):
     def start_at(self, offset: int) -> None:
         """Nothing processed yet: processing starts at `offset` (the group's commit)."""
         self._start = offset
+
+    def checkpoint(self) -> dict:
+        saved = super().checkpoint()
+        saved["source_actions"] = dict(self.source_actions)
+        return saved
+
+    def restore(self, checkpoint: dict, now_ms: int) -> None:
+        super().restore(checkpoint, now_ms)
+        self.source_actions = {
+            int(p): int(o) for p, o in checkpoint.get("source_actions", {}).items()
+        }
 
     def rebuild_offset(self, checkpoint: dict) -> int:
         """Where to read the routed partition again from to refill the windows."""
@@ -350,8 +365,9 @@ class RegionCore(WorkerCore):
             if kind == ACTION:
                 if origin >= 0:
                     origins[offset] = (self.source_actions_topic, source, origin)
-                out.extend(self._action(payload, offset, now_ms, silent, owner))
+                out.extend(self._action(payload, offset, now_ms, silent, owner, source, origin))
             elif kind == MARK:
+                self._marked_to = offset + 1
                 marked = self._mark(source, payload, offset, now_ms)
                 if not silent:
                     out.extend(marked)
@@ -413,8 +429,21 @@ class RegionCore(WorkerCore):
         return lowest
 
     def _action(
-        self, value: bytes, offset: int, now_ms: int | None, silent: bool, owner: bool
+        self,
+        value: bytes,
+        offset: int,
+        now_ms: int | None,
+        silent: bool,
+        owner: bool,
+        source: int,
+        origin: int,
     ) -> Outputs:
+        if origin >= 0:
+            if origin < self.source_actions.get(source, 0):
+                # routed again (its router restarted before committing it): applied already
+                self.action_offsets[self.partition] = offset + 1
+                return Outputs()
+            self.source_actions[source] = origin + 1
         out = self.on_action(value, self.partition, offset, now_ms, silent)
         if owner:
             return out

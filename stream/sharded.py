@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -19,6 +20,7 @@ from faust.types import TP
 
 from geoincident.stream.app import (
     EXIT_BAD_CHECKPOINT,
+    Refeed,
     Worker,
     _StateTable,
     _stop_unacked,
@@ -73,6 +75,9 @@ class ShardedWorker(Worker):
         self._assigned: set[int] = set()
         self._sources: list[int] = []  # the reports partitions this process routes
         self._source_next: dict[int, int] = {}  # ... and the next offset to route of each
+        self._source_action_next: dict[int, int] = {}  # the same for the actions partitions
+        self._routing = asyncio.Lock()  # the consumer's batches and _unstall's, one at a time
+        self._stalls: dict[tuple[str, int], tuple[tuple[int | None, int], float]] = {}
         self._committed_sources: dict[int, int] = {}  # the group's commit, when it was read
         self._restore_locks: dict[int, asyncio.Lock] = {}
         self._step = asyncio.Lock()
@@ -144,12 +149,33 @@ class ShardedWorker(Worker):
             if not self.app.tables.recovery.completed.is_set():
                 return
             await self.on_tick(checkpoint=self.settings.worker.store == "memory")
+            await self._unstall()
+
+    def _stall_watch(self) -> dict[str, tuple[Callable[[int], int | None], Refeed]]:
+        topics = self.settings.topics
+        return {
+            topics.reports: (self._source_next.get, self.on_source),
+            topics.actions: (self._source_action_next.get, self._route_actions),
+            topics.routed: (self._routed_position, self.on_routed),
+        }
+
+    def _routed_position(self, partition: int) -> int | None:
+        core = self.cores.get(partition)
+        return core.position if core is not None else None
+
+    async def _route_actions(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
+        for offset, value, _ in records:
+            await self.on_source_action(value, partition, offset)
 
     # ------------------------------------------------------------------ stage 1: route
 
     async def on_source(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
         """A batch of `reports`: each report to its region's partition (and the halo's); the
         batch is acknowledged (committed) once the broker has every copy."""
+        async with self._routing:
+            await self._route(partition, records)
+
+    async def _route(self, partition: int, records: list[tuple[int, bytes, int]]) -> None:
         records = await self._contiguous(partition, records)
         if not records:
             return
@@ -188,6 +214,13 @@ class ShardedWorker(Worker):
         return records
 
     async def on_source_action(self, value: bytes, partition: int, offset: int) -> None:
+        async with self._routing:
+            if offset < self._source_action_next.get(partition, 0):
+                return  # routed already (read by _unstall)
+            await self._route_action(value, partition, offset)
+            self._source_action_next[partition] = offset + 1
+
+    async def _route_action(self, value: bytes, partition: int, offset: int) -> None:
         copies, out = self.router.route_action(value, partition, offset, now_ms())
         send = self.app.producer.send
         topic = self.settings.topics.routed
@@ -330,6 +363,10 @@ class ShardedWorker(Worker):
         for source in list(self._source_next):
             if source not in sources:
                 del self._source_next[source]  # if it comes back: from the group's commit
+        actions = {tp.partition for tp in assigned if tp.topic == self.settings.topics.actions}
+        for source in list(self._source_action_next):
+            if source not in actions:
+                del self._source_action_next[source]
         self._committed_sources.clear()
         log.info(
             logfmt(

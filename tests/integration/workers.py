@@ -42,6 +42,16 @@ class ChildProcess:
         except OSError:
             return ""
 
+    def story(self, lines: int = 80) -> str:
+        """The log's last lines without the routine ones (a checkpoint every second or two),
+        for a failure message: what the process did and said."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        kept = [line for line in text.splitlines() if "event=checkpoint seq=" not in line]
+        return "\n".join(kept[-lines:])
+
 
 class WorkerProcess(ChildProcess):
     """One worker subprocess with its own topics, group, web port and log."""
@@ -104,7 +114,7 @@ class WorkerProcess(ChildProcess):
     def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 90.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            assert self.process is not None and self.process.poll() is None, self.tail()
+            assert self.process is not None and self.process.poll() is None, self.story()
             try:
                 if predicate():
                     return
@@ -115,7 +125,7 @@ class WorkerProcess(ChildProcess):
             stats = self.get("/stats")[1]
         except OSError as error:
             stats = {"unreachable": str(error)}
-        raise AssertionError(f"condition not met in {timeout_s} s; stats {stats}\n{self.tail()}")
+        raise AssertionError(f"condition not met in {timeout_s} s; stats {stats}\n{self.story()}")
 
     def totals(self) -> dict[str, int]:
         return self.get("/stats")[1]["totals"]

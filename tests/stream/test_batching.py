@@ -19,6 +19,7 @@ PINNED_SOURCES = {
     "_drain_messages": (faust_consumer.Consumer._drain_messages, "44a2500309e83c63"),
     "_add_gap": (faust_consumer.Consumer._add_gap, "4df2573ded7c1c2c"),
     "_new_offset": (faust_consumer.Consumer._new_offset, "1d2c7ea89a7ad4f1"),
+    "ack": (faust_consumer.Consumer.ack, "5fcf41cf45153475"),  # batching.acknowledge books alike
     "_wait_next_records": (faust_consumer.Consumer._wait_next_records, "6218e1969a636b3f"),
     "getmany": (faust_consumer.Consumer.getmany, "4b168d84882a70d6"),
     "_to_message": (faust_aiokafka.Consumer._to_message, "7c24f6511b2fcef7"),
@@ -42,7 +43,15 @@ def test_the_stock_consumer_internals_are_unchanged(name):
 
 def test_the_consumer_state_the_batch_path_uses_still_exists():
     init = inspect.getsource(faust_consumer.Consumer.__init__)
-    for attribute in ("_read_offset", "_buffered_partitions", "_commit_every", "_gap"):
+    for attribute in (
+        "_read_offset",
+        "_buffered_partitions",
+        "_commit_every",
+        "_gap",
+        "_acked",
+        "_acked_index",
+        "_committed_offset",
+    ):
         assert f"self.{attribute}" in init, attribute
     assert faust_consumer.Consumer.__annotations__["_n_acked"] is int
     for member in ("suspend_flow", "flow_active", "perform_seek", "consumer_stopped_errors"):

@@ -23,6 +23,7 @@ from geoincident.detectors.lifecycle import incident_id_for, shard_of_id
 from geoincident.detectors.significance import SignificanceParams
 from geoincident.geo import destination
 from geoincident.geo.regions import RegionMap
+from geoincident.stream.checkpoint import decode, encode
 from geoincident.stream.config import ConfigError, ScaleConfig, Settings, TopicsConfig
 from geoincident.stream.config import load_settings as load
 from geoincident.stream.routing import (
@@ -407,6 +408,30 @@ def test_an_ack_changes_the_copy_a_neighbour_holds_but_only_the_owner_emits():
     assert all(out.action_dlq == [] for out in outs.values())
     others = [p for p in outs if p not in (owner, neighbour)]
     assert all(outs[p].incidents == [] and not outs[p].outcomes for p in others)
+
+
+def test_an_action_routed_again_after_a_router_restart_takes_effect_once():
+    """A router that stops before committing routes its last actions again: each routed
+    partition applies a source offset once, across a checkpoint and restore too."""
+    regions = regions_of()
+    cores = scaled_core()
+    tagged = tag_partitions(cores)
+    feed(cores, [line(r) for r in border_cluster()])
+    [(owner, event)] = [(p, e) for p, e in tagged if e.event == "opened"]
+    core = cores.cores[owner]
+    assign = {"action": "assign", "incident_id": event.incident_id, "by": "d", "to": "crew-1"}
+    copies, _ = cores.router.route_action(orjson.dumps(assign), 0, 7, None)
+    [value] = [v for p, v in copies if p == owner]
+    first = core.on_routed(batch([value], 100), None)
+    assert [e.version for e in first.incidents] == [event.version + 1]
+    again = core.on_routed(batch([value], 101), None)  # the same source offset, routed again
+    assert again.incidents == [] and not again.outcomes and again.action_dlq == []
+    assert core.position == 102
+    restored = RegionCore(SCALED_PARAMS, regions, owner, "routed")
+    restored.restore(decode(encode(core.checkpoint())), NOW_MS)
+    late = restored.on_routed(batch([value], 102), None)
+    assert late.incidents == [] and not late.outcomes
+    assert restored.detector.incidents[event.incident_id].version == event.version + 1
 
 
 # ---------------------------------------------------------------------------- ownership

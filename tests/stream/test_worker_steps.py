@@ -111,3 +111,97 @@ def test_a_worker_sharing_its_group_neither_processes_nor_advances_event_time(tm
     during, waiting, after = asyncio.run(scenario())
     assert waiting and during == []
     assert after == [True, 5]
+
+
+class _StalledConsumer:
+    """The group consumer as _unstall sees it: an assignment, a high watermark, and Faust's
+    offset bookkeeping (what batching.acknowledge writes to)."""
+
+    def __init__(self, assigned, highwater: int) -> None:
+        from collections import defaultdict
+
+        self.assigned = assigned
+        self.end = highwater
+        self.gaps: list[tuple[int, int]] = []
+        self._committed_offset = defaultdict(lambda: None)
+        self._acked_index = defaultdict(set)
+        self._acked = defaultdict(list)
+        self._n_acked = 0
+
+    def assignment(self):
+        return set(self.assigned)
+
+    def highwater(self, tp):
+        return self.end
+
+    async def _add_gap(self, tp, start, end):
+        self.gaps.append((start, end))
+
+
+def test_a_partition_the_consumer_stopped_delivering_is_read_directly(tmp_path, monkeypatch):
+    """Faust can drop a batch after a seek and deliver nothing more when nothing more comes
+    (the end of a burst of actions): the timer reads what is behind and processes it, once,
+    and books it for Faust's commit. The broker's calls are replaced; the rest is real."""
+    from faust.types import TP
+
+    from geoincident.stream import app as app_module
+
+    monkeypatch.setattr(app_module, "STALL_S", 0.0)
+
+    async def scenario() -> tuple[list, list, _StalledConsumer, list]:
+        settings = load_settings(overrides={"worker.data_dir": str(tmp_path)})
+        worker = Worker(settings)
+        worker.state = {}
+        topic = settings.topics.actions
+        actions = [
+            (
+                offset,
+                orjson.dumps(
+                    {
+                        "action_id": f"a{offset}",
+                        "incident_id": "inc-none",
+                        "action": "ack",
+                        "by": "d1",
+                        "at": "2026-12-02T10:00:00Z",
+                    }
+                ),
+                0,
+            )
+            for offset in range(10)
+        ]
+        reads: list = []
+        refused: list = []
+
+        async def committed_offsets(topic, partitions=None):
+            return {0: 0}
+
+        async def produce(out):
+            refused.extend(out.action_dlq)  # an unknown incident: each action answered once
+
+        async def read_range(topic_, partition, start, end):
+            reads.append((topic_, partition, start, end))
+            return actions[start:end]
+
+        worker.committed_offsets = committed_offsets
+        worker.produce = produce
+        worker.read_range = read_range
+        consumer = _StalledConsumer([TP(topic, 0)], highwater=10)
+        monkeypatch.setattr(type(worker.app), "consumer", consumer, raising=False)
+        await worker.ensure_restored()
+        for offset, value, _ in actions[:4]:  # delivered; then the consumer goes quiet
+            await worker.on_action(value, 0, offset)
+        await worker._unstall()  # behind: noted
+        before = list(reads)
+        await worker._unstall()  # still behind, nothing moved: read
+        await worker._unstall()  # caught up: nothing more
+        for offset, value, _ in actions[4:]:  # delivered late after all: skipped by offset
+            await worker.on_action(value, 0, offset)
+        return before, reads, consumer, refused
+
+    before, reads, consumer, refused = asyncio.run(scenario())
+    topic = load_settings().topics.actions
+    assert before == []
+    assert reads == [(topic, 0, 4, 10)]
+    assert [orjson.loads(r)["offset"] for r in refused] == list(range(10))
+    # offsets 4..8 a gap and 9 acked: Faust's commit moves to 10
+    assert consumer.gaps == [(4, 8)] and dict(consumer._acked) == {TP(topic, 0): [9]}
