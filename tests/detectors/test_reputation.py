@@ -395,3 +395,53 @@ def test_through_the_detector_a_weight_never_exceeds_the_source_weight():
         assert dispatcher.weight(report("x", 0, source=source)) <= most
         driven.detector.reputation.uncorroborated("user-x", probe.ts_ms)
     assert 0.2 * 5.0 <= dispatcher.weight(probe) < 5.0
+
+
+def _faded(rep: Reputation, entry: tuple, now_ms: int) -> bool:
+    """The forgetting rule, applied to one reporter directly (a pass over all of them)."""
+    c, u, f, at_ms = entry
+    penalty = u + rep.params.flag_cost * f
+    if now_ms > at_ms:
+        d = math.exp2((at_ms - now_ms) * (1.0 / rep.params.half_life_ms))
+        c, penalty = c * d, penalty * d
+    m = min(1.0, max(rep.params.floor, _m(rep, c, penalty)))
+    return c + penalty < 0.01 * rep.params.prior_reports and abs(m - rep.params.prior) <= 0.01
+
+
+def _m(rep: Reputation, c: float, penalty: float) -> float:
+    n0 = rep.params.prior_reports
+    return (rep.params.prior * n0 + c) / (n0 + c + penalty)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 30),  # reporter
+            st.sampled_from(["corroborated", "uncorroborated", "flagged"]),
+            st.integers(0, 400 * DAY_MS),  # event time
+        ),
+        max_size=80,
+    ),
+    st.lists(st.integers(0, 800 * DAY_MS), min_size=1, max_size=12),
+    st.booleans(),
+)
+def test_a_sweep_drops_exactly_the_reporters_a_pass_over_all_of_them_would(events, sweeps, saved):
+    """Only the reporters filed as possibly faded are looked at: the same ones go as when
+    every reporter is tested, sweep after sweep, also after a restore. Besides the drawn
+    sweeps, one every day from 130 to 330 days, where reporters' histories fade."""
+    rep = Reputation()
+    events = sorted(events, key=lambda e: e[2])
+    sweeps = sorted({*sweeps, *range(130 * DAY_MS, 330 * DAY_MS, DAY_MS)})
+    for sweep in sweeps:
+        for reporter, kind, ts in [e for e in events if e[2] <= sweep]:
+            getattr(rep, kind)(f"u{reporter}", T0_MS + ts)
+        events = [e for e in events if e[2] > sweep]
+        if saved:  # from a checkpoint: everyone filed again
+            again = Reputation()
+            again.restore(rep.snapshot())
+            rep = again
+        before = rep.snapshot()
+        expected = {r for r, e in before.items() if _faded(rep, e, T0_MS + sweep)}
+        assert rep.forget(T0_MS + sweep) == len(expected)
+        assert set(before) - set(rep.snapshot()) == expected
