@@ -19,11 +19,13 @@ import faust
 from faust.types import TP
 
 from geoincident.stream.app import (
+    CHECKPOINT_INTERVAL_S,
     EXIT_BAD_CHECKPOINT,
     Refeed,
     Worker,
     _StateTable,
     _stop_unacked,
+    checkpoint_interval,
     kafka_client_options,
     log,
     logfmt,
@@ -38,8 +40,6 @@ from geoincident.stream.metrics import WorkerMetrics
 from geoincident.stream.routing import RegionCore, Router
 
 __all__ = ["EXIT_BAD_CHECKPOINT", "ShardedWorker"]
-
-CHECKPOINT_INTERVAL_S = 1.0
 
 
 def checkpoint_key(partition: int) -> bytes:
@@ -82,6 +82,7 @@ class ShardedWorker(Worker):
         self._restore_locks: dict[int, asyncio.Lock] = {}
         self._step = asyncio.Lock()
         self._last_checkpoint: dict[int, float] = {}
+        self._checkpoint_every: dict[int, float] = {}
         self._checkpointed: dict[int, tuple] = {}
         # reports the router sent to the DLQ since this process started (not checkpointed: the
         # DLQ topic is their record)
@@ -407,7 +408,8 @@ class ShardedWorker(Worker):
         self, partition: int, core: RegionCore, in_event: bool, force: bool = False
     ) -> None:
         last = self._last_checkpoint.get(partition, 0.0)
-        if not force and time.monotonic() - last < CHECKPOINT_INTERVAL_S:
+        every = self._checkpoint_every.get(partition, CHECKPOINT_INTERVAL_S)
+        if not force and time.monotonic() - last < every:
             return
         detector = core.detector
         marker = (
@@ -420,7 +422,7 @@ class ShardedWorker(Worker):
         if marker == self._checkpointed.get(partition) and not force:
             return
         self._checkpointed[partition] = marker
-        self._last_checkpoint[partition] = time.monotonic()
+        started = time.monotonic()
         blob = encode(core.checkpoint())
         for key, value in stored(checkpoint_key(partition), blob, core.checkpoint_seq):
             if in_event:
@@ -428,6 +430,8 @@ class ShardedWorker(Worker):
             else:  # memory store, from the timer: no current event to take the partition from
                 self.state.data[key] = value
                 self.state.send_changelog(partition, key, value)
+        self._last_checkpoint[partition] = now = time.monotonic()
+        self._checkpoint_every[partition] = checkpoint_interval(now - started)
         log.debug(logfmt("checkpoint", partition=partition, seq=core.checkpoint_seq))
 
     def stats(self) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
 from geoincident.stream.app import CHECKPOINT_KEY, Worker
 from geoincident.stream.checkpoint import decode
@@ -205,3 +206,11 @@ def test_a_partition_the_consumer_stopped_delivering_is_read_directly(tmp_path, 
     assert [orjson.loads(r)["offset"] for r in refused] == list(range(10))
     # offsets 4..8 a gap and 9 acked: Faust's commit moves to 10
     assert consumer.gaps == [(4, 8)] and dict(consumer._acked) == {TP(topic, 0): [9]}
+
+
+def test_a_slow_checkpoint_spaces_out_the_next_ones():
+    from geoincident.stream.app import checkpoint_interval
+
+    assert checkpoint_interval(0.001) == 1.0  # a few kB: once a second
+    assert checkpoint_interval(0.08) == pytest.approx(1.6)  # 5 % of the time at most
+    assert checkpoint_interval(10.0) == 30.0  # a restart never reads more than 30 s again
