@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-replay bench-rss quality clean system-deps
+.PHONY: demo test lint bench bench-replay bench-memory bench-rss quality clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench-replay: $(STAMP)
 ##        first use. Quick run: make bench BENCH_ARGS="--reports 20000 --paced-seconds 10"
 bench: $(STAMP)
 	$(BIN)/python benchmarks/worker.py $(BENCH_ARGS)
+
+## bench-memory: bytes a report held in the window costs (peak RSS, 350k vs 50k reports in one
+##               window); writes docs/benchmarks.md
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/memory.py
 
 ## bench-rss: the worker's RSS at 1,000 reports/s for 10 minutes once its windows are full
 ##            (~28 minutes in all); writes docs/benchmarks.md
