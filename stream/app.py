@@ -393,8 +393,9 @@ class Worker:
         except Exception:  # noqa: BLE001 - no consumer yet (starting, a rebalance): next tick
             return
         now = time.monotonic()
+        watch = self._stall_watch()
         for tp in assignment:
-            watched = self._stall_watch().get(tp.topic)
+            watched = watch.get(tp.topic)
             if watched is None:
                 continue
             next_offset, refeed = watched
