@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -140,9 +140,19 @@ def compiled_extensions() -> list:
     return extensions
 
 
+# Stands for the compiled extensions until build_ext asks mypyc for them: the other steps of a
+# build (its metadata, its requirements) run this file too, and need only know there are some.
+PLACEHOLDER = Extension(f"{GROUP}__mypyc", sources=[])
+
+
 class OptionalBuildExt(build_ext):
     """Builds the compiled core if it can; otherwise none of it (the package then runs as
     pure Python). All or nothing: the modules of the core call each other natively."""
+
+    def finalize_options(self) -> None:
+        if PLACEHOLDER in (self.distribution.ext_modules or []):
+            self.distribution.ext_modules = compiled_extensions()
+        super().finalize_options()
 
     def run(self) -> None:
         try:
@@ -169,4 +179,4 @@ class OptionalBuildExt(build_ext):
         return super().get_outputs() if self.extensions else []
 
 
-setup(ext_modules=compiled_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=[PLACEHOLDER], cmdclass={"build_ext": OptionalBuildExt})
