@@ -140,9 +140,11 @@ def compiled_extensions() -> list:
     return extensions
 
 
-# Stands for the compiled extensions until build_ext asks mypyc for them: the other steps of a
-# build (its metadata, its requirements) run this file too, and need only know there are some.
+# Stands for the compiled extensions until build_ext asks mypyc for them: a pip build runs this
+# file three times, twice only for metadata (commands below), which need only know there are
+# extensions (egg_info finalizes build_ext to list their sources, and compiles nothing).
 PLACEHOLDER = Extension(f"{GROUP}__mypyc", sources=[])
+METADATA_COMMANDS = {"egg_info", "dist_info", "sdist"}
 
 
 class OptionalBuildExt(build_ext):
@@ -150,7 +152,8 @@ class OptionalBuildExt(build_ext):
     pure Python). All or nothing: the modules of the core call each other natively."""
 
     def finalize_options(self) -> None:
-        if PLACEHOLDER in (self.distribution.ext_modules or []):
+        building = not set(self.distribution.commands) <= METADATA_COMMANDS
+        if building and PLACEHOLDER in (self.distribution.ext_modules or []):
             self.distribution.ext_modules = compiled_extensions()
         super().finalize_options()
 
