@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -113,6 +114,10 @@ def _installed_module(path: str) -> str:
     return _installed_path(path).removesuffix(".py").replace("/", ".")
 
 
+def _manifest_module() -> str:
+    return MANIFEST.removesuffix(".py").replace("/", ".")
+
+
 def compiled_extensions() -> list:
     """The mypyc extensions, or none (and why) when they cannot be built here."""
     if _truthy(os.environ.get(PURE_ENV)):
@@ -152,18 +157,36 @@ class OptionalBuildExt(build_ext):
     pure Python). All or nothing: the modules of the core call each other natively."""
 
     def finalize_options(self) -> None:
-        building = not set(self.distribution.commands) <= METADATA_COMMANDS
-        if building and PLACEHOLDER in (self.distribution.ext_modules or []):
+        commands = set(self.distribution.commands)
+        if not commands <= METADATA_COMMANDS and PLACEHOLDER in (
+            self.distribution.ext_modules or []
+        ):
             self.distribution.ext_modules = compiled_extensions()
+            if not self.distribution.ext_modules and "editable_wheel" in commands:
+                self._remove_in_place()  # (build_ext will not run)
         super().finalize_options()
 
     def run(self) -> None:
-        try:
-            super().run()
-        except Exception as error:  # no compiler, no Python headers, a compiler error
-            _say(f"compiling failed ({error}): pure Python, nothing compiled")
-            self._remove_outputs()
-            self.extensions = []
+        if self.extensions:
+            try:
+                super().run()
+            except Exception as error:  # no compiler, no Python headers, a compiler error
+                _say(f"compiling failed ({error}): pure Python, nothing compiled")
+                self._remove_outputs()
+                self.extensions = []
+        if not self.extensions and (self.inplace or self.editable_mode):
+            self._remove_in_place()
+
+    def _remove_in_place(self) -> None:
+        """An editable install that compiles nothing this time removes what an earlier build
+        put beside the sources, which would otherwise go on running."""
+        build_py = self.get_finalized_command("build_py")
+        names = [f"{GROUP}__mypyc", _manifest_module(), *map(_installed_module, COMPILED)]
+        for fullname in names:
+            package, _, name = fullname.rpartition(".")
+            directory = Path(build_py.get_package_dir(package))
+            for suffix in EXTENSION_SUFFIXES:
+                (directory / f"{name}{suffix}").unlink(missing_ok=True)
 
     def build_extension(self, ext) -> None:  # noqa: ANN001 - setuptools' own signature
         if self.compiler.compiler_type == "unix" and CONTRACT_OFF not in ext.extra_compile_args:
