@@ -34,6 +34,7 @@ COMPILED = [
     "detectors/bursts.py",
     "detectors/chance.py",
     "detectors/clusters.py",
+    "detectors/dispatch.py",
     "detectors/engine.py",
     "detectors/grouping.py",
     "detectors/incidents.py",
@@ -42,7 +43,10 @@ COMPILED = [
     "detectors/reputation.py",
     "detectors/significance.py",
     "detectors/surge.py",
+    "detectors/surge_baseline.py",
     "detectors/surge_keys.py",
+    "detectors/taxonomy.py",
+    "detectors/timers.py",
 ]
 # The packages mypy reads while compiling them: the compiled code relies on the types found
 # here, so a change to any of their files makes the compiled modules stale
