@@ -6,7 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench bench-replay bench-memory bench-rss quality clean system-deps
 
-$(STAMP): pyproject.toml
+# The compiled core (setup.py) is built from these: after an edit the next make builds it again
+# (until then the package runs its Python sources: geoincident/compiled.py).
+CORE_SOURCES := setup.py $(wildcard geo/*.py detectors/*.py)
+
+$(STAMP): pyproject.toml $(CORE_SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
@@ -25,8 +29,8 @@ system-deps:
 	@bash scripts/system-deps
 
 lint: $(STAMP)
-	$(BIN)/ruff check geo detectors stream sim tests benchmarks
-	$(BIN)/ruff format --check geo detectors stream sim tests benchmarks
+	$(BIN)/ruff check geoincident geo detectors stream sim tests benchmarks setup.py
+	$(BIN)/ruff format --check geoincident geo detectors stream sim tests benchmarks setup.py
 	$(BIN)/mypy  # geo/ and detectors/, as [tool.mypy] in pyproject.toml says
 
 ## bench-replay: replay throughput against the naive baseline (writes docs/benchmarks.md)
@@ -55,3 +59,4 @@ quality: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-bench .pytest_cache .hypothesis build *.egg-info
+	rm -f geoincident/*.so geo/*.so detectors/*.so

@@ -256,7 +256,7 @@ class Detector:
                 heapq.heappush(self._pending, (report.ts_ms, report.id, report))
         replayed.sort(key=lambda r: (r.ts_ms, r.id))
         weight = self.dispatcher.weight
-        self.surge.rebuild(r for r in replayed if not r.halo and weight(r, True) > 0)
+        self.surge.rebuild([r for r in replayed if not r.halo and weight(r, True) > 0])
         grouping = self.grouping
         try:
             for report in replayed:

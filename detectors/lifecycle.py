@@ -86,46 +86,52 @@ class MemberRecord:
     weight: float
 
 
+# Every attribute of an Incident: its __slots__, and what a checkpoint holds of it
+# (stream/checkpoint.py mirrors them). Named here too because a compiled class keeps no
+# __slots__ (geoincident/compiled.py).
+INCIDENT_ATTRIBUTES = (
+    "incident_id",
+    "category",
+    "kind",
+    "threshold",
+    "resolution",
+    "status",
+    "version",
+    "first_ts_ms",
+    "validated_ts_ms",
+    "last_ts_ms",
+    "centroid",
+    "cells",
+    "points",
+    "report_count",
+    "report_ids",
+    "report_ids_truncated",
+    "sources",
+    "independence",
+    "members",
+    "members_complete",
+    "jurisdiction",
+    "last_emit_ts_ms",
+    "update_due",
+    "resolved_reason",
+    "resolved_ts_ms",
+    "acknowledged_by",
+    "acknowledged_at",
+    "assigned_to",
+    "superseded_by",
+    "history",
+    "max_report_ids",
+    "seniority",
+    "surge_id",
+    "anchor",
+    "recent_ts",
+    "significance",
+    "reach_m",
+)
+
+
 class Incident:
-    __slots__ = (
-        "incident_id",
-        "category",
-        "kind",
-        "threshold",
-        "resolution",
-        "status",
-        "version",
-        "first_ts_ms",
-        "validated_ts_ms",
-        "last_ts_ms",
-        "centroid",
-        "cells",
-        "points",
-        "report_count",
-        "report_ids",
-        "report_ids_truncated",
-        "sources",
-        "independence",
-        "members",
-        "members_complete",
-        "jurisdiction",
-        "last_emit_ts_ms",
-        "update_due",
-        "resolved_reason",
-        "resolved_ts_ms",
-        "acknowledged_by",
-        "acknowledged_at",
-        "assigned_to",
-        "superseded_by",
-        "history",
-        "max_report_ids",
-        "seniority",
-        "surge_id",
-        "anchor",
-        "recent_ts",
-        "significance",
-        "reach_m",
-    )
+    __slots__ = INCIDENT_ATTRIBUTES
 
     def __init__(
         self,
@@ -183,11 +189,27 @@ class Incident:
         self.reach_m = 0.0
 
     def __getstate__(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in INCIDENT_ATTRIBUTES}
 
     def __setstate__(self, state: dict) -> None:
         for name, value in state.items():
             setattr(self, name, value)
+
+    @classmethod
+    def restored(cls, state: dict) -> Incident:
+        """An incident with every attribute from `state` (as `__getstate__` gives it): a
+        checkpoint's. (Not `__new__` and `__setstate__`: a compiled class's `__new__` runs
+        `__init__`.)"""
+        incident = cls(
+            state["incident_id"],
+            state["category"],
+            state["threshold"],
+            state["resolution"],
+            state["validated_ts_ms"],
+            state["max_report_ids"],
+        )
+        incident.__setstate__(state)
+        return incident
 
     @property
     def is_open(self) -> bool:

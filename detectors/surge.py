@@ -333,7 +333,7 @@ class SurgeDetector:
             ewma, ewma_bucket, since_ms, surge, cooldown_until_ms, pending = saved
             key = KeyState(ident, ewma_bucket, since_ms)
             key.ewma = ewma
-            key.pending.extend([bucket, count] for bucket, count in pending)
+            key.pending.extend([[bucket, count] for bucket, count in pending])
             key.surge = surge
             key.cooldown_until_ms = cooldown_until_ms
             keys[ident] = key

@@ -18,7 +18,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 
-from geoincident import __version__
+from geoincident import __version__, compiled
 from geoincident.stream import security
 from geoincident.stream.batching import BATCH_CODEC, acknowledge
 from geoincident.stream.batching import install as install_batching
@@ -261,7 +261,7 @@ class Worker:
             )
         )
         loop = use_uvloop()
-        log.info(logfmt("event_loop", loop=loop))
+        log.info(logfmt("event_loop", loop=loop, core=compiled.describe()))
         worker = _Worker(self.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
         worker.execute_from_commandline()
 

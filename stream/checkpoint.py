@@ -43,7 +43,7 @@ from collections.abc import Callable
 import msgspec
 
 from geoincident.detectors.independence import Independence
-from geoincident.detectors.lifecycle import Incident, MemberRecord
+from geoincident.detectors.lifecycle import INCIDENT_ATTRIBUTES, Incident, MemberRecord
 from geoincident.detectors.surge import _Surge
 from geoincident.geo.distance import WeightedCentroid
 
@@ -332,7 +332,7 @@ def _checkpoint_state(checkpoint: dict) -> Checkpoint:
 
 def _detector_state(snapshot: dict) -> DetectorState:
     _fields("the detector snapshot", snapshot, _names(DetectorState))
-    _same_slots(Incident, IncidentState)
+    _same_slots("Incident", INCIDENT_ATTRIBUTES, IncidentState)
     incidents = []
     for incident_id, incident in snapshot["incidents"].items():
         if incident.incident_id != incident_id:
@@ -374,7 +374,7 @@ def _independence_state(independence: Independence) -> IndependenceState:
 def _surge_detector_state(snapshot: dict) -> SurgeDetectorState:
     # `surges` is not a key of the dict: the surge objects sit inside `keys`
     _fields("the surge snapshot", snapshot, _names(SurgeDetectorState, "surges"))
-    _same_slots(_Surge, SurgeState)
+    _same_slots("_Surge", _Surge.__slots__, SurgeState)
     # A multi-region surge is one object under several keys: stored once, referred to by
     # position, so the restored keys share one object again (as pickle's memo did).
     surges: list[SurgeState] = []
@@ -420,13 +420,15 @@ def _surge_state(surge: _Surge) -> SurgeState:
     )
 
 
-def _same_slots(cls: type, struct: type[msgspec.Struct]) -> None:
-    """A slot added to (or renamed in) the live class must get a field here, not vanish."""
-    slots = set(cls.__slots__)
+def _same_slots(name: str, attributes: tuple[str, ...], struct: type[msgspec.Struct]) -> None:
+    """A slot added to (or renamed in) the live class must get a field here, not vanish.
+    (`attributes`: the class's __slots__, which a compiled class does not keep: Incident
+    names them in lifecycle.INCIDENT_ATTRIBUTES.)"""
+    slots = set(attributes)
     fields = set(struct.__struct_fields__)
     if slots != fields:
         raise CheckpointError(
-            f"cannot encode the checkpoint: {cls.__name__} has slots {sorted(slots - fields)} "
+            f"cannot encode the checkpoint: {name} has slots {sorted(slots - fields)} "
             f"the schema lacks and the schema has {sorted(fields - slots)} it lacks; update "
             "stream/checkpoint.py and bump FORMAT_VERSION"
         )
@@ -519,12 +521,11 @@ def _detector_dict(state: DetectorState) -> dict:
 
 
 def _incident(saved: IncidentState) -> Incident:
-    # No __init__: every slot is set from the saved state below.
-    incident = Incident.__new__(Incident)
-    centroid = WeightedCentroid.__new__(WeightedCentroid)
+    # Every slot is set from the saved state below.
+    centroid = WeightedCentroid()
     c = saved.centroid
     centroid.__setstate__((c.x, c.y, c.z, c.weight))
-    incident.__setstate__(
+    return Incident.restored(
         {
             **msgspec.structs.asdict(saved),
             "centroid": centroid,
@@ -537,7 +538,6 @@ def _incident(saved: IncidentState) -> Incident:
             "history": [_history_dict(entry) for entry in saved.history],
         }
     )
-    return incident
 
 
 def _history_dict(entry: HistoryEntry) -> dict[str, str]:
@@ -550,7 +550,7 @@ def _history_dict(entry: HistoryEntry) -> dict[str, str]:
 
 
 def _independence(saved: IndependenceState) -> Independence:
-    independence = Independence.__new__(Independence)
+    independence = Independence()
     independence.__setstate__((saved.parent, saved.weight, saved.score, saved.groups))
     return independence
 

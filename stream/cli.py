@@ -9,7 +9,7 @@ from typing import Annotated, BinaryIO
 
 import typer
 
-from geoincident import __version__
+from geoincident import __version__, compiled
 from geoincident.stream.config import ConfigError, Settings, load_settings, render_toml
 
 app = typer.Typer(
@@ -50,7 +50,7 @@ def settings_from(config: Path | None, overrides: dict | None = None) -> Setting
 
 def version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"geoincident {__version__}")
+        typer.echo(f"geoincident {__version__}\ncore: {compiled.describe()}")
         raise typer.Exit()
 
 
@@ -292,6 +292,7 @@ def _print_summary(summary: dict, dlq_path: str) -> None:
             print("  " + " ".join(f"{key}={value}" for key, value in burst.items()), file=err)
         if len(bursts) > SHOWN_BURSTS:
             print(f"  ... and {len(bursts) - SHOWN_BURSTS:,} more", file=err)
+    print(f"core: {compiled.describe()}", file=err)
 
 
 def _register_optional_commands() -> None:

@@ -643,6 +643,11 @@ FLAG_VARIABLES = {
 }
 
 
+# Read by the package as it is imported, not by the configuration: PURE_PYTHON runs the
+# detector core from its Python sources where it was compiled (geoincident/compiled.py).
+PACKAGE_VARIABLES = {"PURE_PYTHON"}
+
+
 def _unknown_environment() -> list[str]:
     """A misspelt GEOINCIDENT_DETECTION__TRESHOLD would otherwise be silently ignored."""
     sections = set(Settings.model_fields)
@@ -651,7 +656,7 @@ def _unknown_environment() -> list[str]:
         if not name.startswith(ENV_PREFIX):
             continue
         rest = name[len(ENV_PREFIX) :]
-        if rest in FLAG_VARIABLES:
+        if rest in FLAG_VARIABLES or rest in PACKAGE_VARIABLES:
             continue
         parts = rest.lower().split("__")
         if parts[0] not in sections:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ["geo", "detectors", "stream", "sim", "tests", "benchmarks"]
+SOURCES = ["geoincident", "geo", "detectors", "stream", "sim", "tests", "benchmarks", "setup.py"]
 BIN = Path(sys.executable).parent
 
 

@@ -622,10 +622,13 @@ def test_halo_copies_are_not_counted_by_the_surge_detector(as_halo):
 
 
 def failing_on(report_id: str, observe):
-    def observe_or_fail(report: Report):
+    """Detector.observe, raising on one report (patched on the class: a compiled Detector's
+    instances take no attributes)."""
+
+    def observe_or_fail(self, report: Report):
         if report.id == report_id:
             raise RuntimeError(f"boom on {report.id}")
-        return observe(report)
+        return observe(self, report)
 
     return observe_or_fail
 
@@ -634,7 +637,7 @@ def test_a_record_whose_processing_raises_goes_to_the_dlq_and_the_stream_goes_on
     regions = RegionMap(RESOLUTION, 6, 2000.0, 3)
     partition = regions.partition_of(regions.region_of(*SPOT))  # the one that owns SPOT
     core = RegionCore(PARAMS, regions, partition, "routed")
-    monkeypatch.setattr(core.detector, "observe", failing_on("c2", core.detector.observe))
+    monkeypatch.setattr(Detector, "observe", failing_on("c2", Detector.observe))
     members = ring(7, 40, prefix="c")
     first = core.on_routed(batch(owned(members[:5], channel=1)), None)
     [record] = dlq(first)
@@ -659,14 +662,7 @@ def test_a_report_failing_in_every_detector_goes_to_the_dlq_once(monkeypatch):
     point, bearing = border_site()
     lat, lon = destination(*point, bearing, 30.0)
     assert regions_of().targets(lat, lon)[1]  # it has a halo copy
-    observe = Detector.observe
-
-    def observe_or_fail(self, report: Report):
-        if report.id == "x":
-            raise RuntimeError("boom on x")
-        return observe(self, report)
-
-    monkeypatch.setattr(Detector, "observe", observe_or_fail)
+    monkeypatch.setattr(Detector, "observe", failing_on("x", Detector.observe))
     cores = scaled_core()
     out = cores.on_reports(0, batch([line(report("x", 0, lat, lon))]), None)
     assert out.outcomes["rejected"] == 1
