@@ -260,7 +260,7 @@ class Reputation:
         if mass > 0.0:
             fades_ms = at_ms + (log2(mass) - self._fade_log2) / self._per_ms - FILE_EARLY_MS
         else:
-            fades_ms = at_ms
+            fades_ms = float(at_ms)
         period = max(int(fades_ms // FILE_PERIOD_MS), self._filed_to)
         due = self._due.get(period)
         if due is None:
