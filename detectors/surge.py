@@ -360,6 +360,12 @@ class SurgeDetector:
             entry, key_id = tracker.entry_and_key(report)
             key = tracker.keys.get(key_id)
             if key is None:
+                if ts_ms <= now - self._window_ms:
+                    # older than any short window: `observe` ignores such a report now (and may
+                    # have ignored it then). One held since it came in time is dropped too: it
+                    # could still count only towards promoting the key at a late report older
+                    # than the clock, the one thing a restart can change here (design.md)
+                    continue
                 # a sweep is in the snapshot's timers if one was due; scheduling one here
                 # could add a timer the uninterrupted run never had
                 tracker.hold_or_promote(key_id, entry, now, sweep=False)

@@ -457,3 +457,25 @@ def test_min_count_must_keep_untracked_quiet_districts_below_the_ratio():
     SurgeParams(min_count=24, min_ratio=8)
     with pytest.raises(ValueError, match="surge.min_count must be at least 3 x surge.min_ratio"):
         SurgeParams(min_count=20, min_ratio=8)
+
+
+@pytest.mark.parametrize("counted_before", [False, True])
+def test_reports_too_old_when_they_came_are_not_taken_back_by_a_rebuild(counted_before):
+    """Reports of a quiet key that came once the clock had passed them by more than the short
+    window are ignored; read again after a restart (the rebuild range reaches a minute further
+    back) they must be ignored too. They promoted the key there (and, with no report counted
+    before, stopped the restart on an assertion)."""
+    window_ms = SurgeParams().window_ms
+    now = T0_MS + 2 * HOUR_MS
+    early = [clock_start(now - 5 * MINUTE_MS)] if counted_before else []
+    late = burst(4, now - window_ms - 40 * MINUTE_MS // 60, 20_000, "late")  # 40 s too old
+    whole = SurgeDetector()
+    whole.observe_many(early)
+    whole.advance(now)
+    held = whole.state_reports
+    assert whole.observe_many(late) == [] and whole.state_reports == held  # ignored
+    restored = SurgeDetector()
+    restored.restore(pickle.loads(pickle.dumps(whole.snapshot())))
+    restored.rebuild(sorted([*early, *late], key=lambda r: (r.ts_ms, r.id)))
+    assert restored.state_keys == whole.state_keys
+    assert restored.state_reports == whole.state_reports
