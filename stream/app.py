@@ -128,6 +128,8 @@ class Worker:
         self._checkpoint_every = CHECKPOINT_INTERVAL_S
         self._checkpointed: tuple | None = None
         self._stalls: dict[tuple[str, int], tuple[tuple[int | None, int], float]] = {}
+        self._peeked: dict[tuple[str, int], float] = {}
+        self._peek_ends: dict[tuple[str, int], int] = {}
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ wiring
@@ -394,18 +396,30 @@ class Worker:
             return
         now = time.monotonic()
         watch = self._stall_watch()
-        for tp in assignment:
+        assigned = set(assignment)
+        owned = [tp for tp in self._sole_owned() if tp not in assigned]
+        for tp in [*assignment, *owned]:
             watched = watch.get(tp.topic)
             if watched is None:
                 continue
             next_offset, refeed = watched
             key = (tp.topic, tp.partition)
-            highwater = consumer.highwater(TP(tp.topic, tp.partition))
             expected = next_offset(tp.partition)
-            if highwater is None or (expected if expected is not None else 0) >= highwater:
+            if tp in assigned:
+                # Behind what? The end the consumer last heard of, or where it has got to:
+                # records it fetched and handed over that were never processed (a dropped
+                # batch) put its position past the next offset to process.
+                highwater = consumer.highwater(TP(tp.topic, tp.partition))
+                end = max(highwater or 0, await self._position(consumer, tp))
+            else:
+                # Not in the consumer's assignment although this process alone owns it (seen
+                # with Faust after a restart: its subscription lost the actions topic, and
+                # the actions waited for ever): what is there, by a look at the partition.
+                end = await self._peek_end(tp.topic, tp.partition, expected, now)
+            if (expected if expected is not None else 0) >= end:
                 self._stalls.pop(key, None)
                 continue
-            mark = (expected, highwater)
+            mark = (expected, end)
             seen = self._stalls.get(key)
             if seen is None or seen[0] != mark:
                 self._stalls[key] = (mark, now)
@@ -418,10 +432,10 @@ class Worker:
                 start = (await self.committed_offsets(tp.topic, [tp.partition])).get(
                     tp.partition, 0
                 )
-            if start >= highwater:
+            if start >= end:
                 continue
             try:
-                records = await self.read_range(tp.topic, tp.partition, start, highwater)
+                records = await self.read_range(tp.topic, tp.partition, start, end)
             except ShortRead as error:  # nothing was acknowledged: looked at again later
                 self._stalls[key] = (mark, now)
                 log.warning(logfmt("stall_read_failed", topic=tp.topic, error=str(error)))
@@ -432,14 +446,68 @@ class Worker:
                     topic=tp.topic,
                     partition=tp.partition,
                     start=start,
-                    end=highwater,
+                    end=end,
                     records=len(records),
                     detail=f"the consumer delivered nothing for {STALL_S:.0f} s while behind",
                 )
             )
             if records:
                 await refeed(tp.partition, records)
-                await acknowledge(consumer, TP(tp.topic, tp.partition), start, highwater)
+                if tp in assigned:  # else the checkpoint's offsets are the record
+                    await acknowledge(consumer, TP(tp.topic, tp.partition), start, end)
+
+    def _sole_owned(self) -> list[Any]:
+        """Input partitions this process must process whatever the consumer was assigned:
+        every actions partition, while it is the group's only process."""
+        if self.shared_group:
+            return []
+        topic = self.settings.topics.actions
+        try:
+            count = self.app.consumer.topic_partitions(topic)
+        except Exception:  # noqa: BLE001 - no metadata yet: next tick
+            return []
+        return [TP(topic, p) for p in range(count or 0)]
+
+    async def _peek_end(self, topic: str, partition: int, start: int | None, now: float) -> int:
+        """Past the last record of a partition from `start` on (0 when none), by a look with
+        a plain consumer; at most once per STALL_S a partition."""
+        key = (topic, partition)
+        if now - self._peeked.get(key, -STALL_S) < STALL_S:
+            return self._peek_ends.get(key, 0)
+        self._peeked[key] = now
+        if start is None:
+            start = (await self.committed_offsets(topic, [partition])).get(partition, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka.brokers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **kafka_client_options(self.settings),
+        )
+        end = 0
+        try:
+            await consumer.start()
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=100_000)
+            messages = batch.get(tp, [])
+            if messages:
+                end = messages[-1].offset + 1
+        except Exception as error:  # noqa: BLE001 - a look that fails: the next one, later
+            log.warning(logfmt("stall_peek_failed", topic=topic, error=str(error)))
+        finally:
+            await consumer.stop()
+        self._peek_ends[key] = end
+        return end
+
+    @staticmethod
+    async def _position(consumer: Any, tp: Any) -> int:
+        """The group consumer's position in a partition (0 when it cannot say at once)."""
+        try:
+            position = await asyncio.wait_for(consumer.position(TP(tp.topic, tp.partition)), 2.0)
+        except Exception:  # noqa: BLE001 - not assigned any more, no position yet: no figure
+            return 0
+        return position if isinstance(position, int) else 0
 
     async def _starting_at(
         self, topic: str, partition: int, position: int, records: list[tuple[int, bytes, int]]

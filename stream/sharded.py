@@ -160,6 +160,9 @@ class ShardedWorker(Worker):
             topics.routed: (self._routed_position, self.on_routed),
         }
 
+    def _sole_owned(self) -> list[Any]:
+        return []  # every input partition is shared by the group's processes
+
     def _routed_position(self, partition: int) -> int | None:
         core = self.cores.get(partition)
         return core.position if core is not None else None

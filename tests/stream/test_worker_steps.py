@@ -118,11 +118,12 @@ class _StalledConsumer:
     """The group consumer as _unstall sees it: an assignment, a high watermark, and Faust's
     offset bookkeeping (what batching.acknowledge writes to)."""
 
-    def __init__(self, assigned, highwater: int) -> None:
+    def __init__(self, assigned, highwater: int, position: int) -> None:
         from collections import defaultdict
 
         self.assigned = assigned
         self.end = highwater
+        self.at = position
         self.gaps: list[tuple[int, int]] = []
         self._committed_offset = defaultdict(lambda: None)
         self._acked_index = defaultdict(set)
@@ -135,14 +136,27 @@ class _StalledConsumer:
     def highwater(self, tp):
         return self.end
 
+    def topic_partitions(self, topic):
+        return 1
+
+    async def position(self, tp):
+        return self.at
+
     async def _add_gap(self, tp, start, end):
         self.gaps.append((start, end))
 
 
-def test_a_partition_the_consumer_stopped_delivering_is_read_directly(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("highwater", "position"),
+    [(10, 4), (10, 10), (5, 10)],  # (5, 10): a broker reporting a loose end (Tansu)
+)
+def test_a_partition_the_consumer_stopped_delivering_is_read_directly(
+    tmp_path, monkeypatch, highwater, position
+):
     """Faust can drop a batch after a seek and deliver nothing more when nothing more comes
-    (the end of a burst of actions): the timer reads what is behind and processes it, once,
-    and books it for Faust's commit. The broker's calls are replaced; the rest is real."""
+    (the end of a burst of actions): the timer reads what is behind (up to the end the consumer
+    heard of, or its position, whichever is further) and processes it, once, and books it for
+    Faust's commit. The broker's calls are replaced; the rest is real."""
     from faust.types import TP
 
     from geoincident.stream import app as app_module
@@ -186,7 +200,7 @@ def test_a_partition_the_consumer_stopped_delivering_is_read_directly(tmp_path, 
         worker.committed_offsets = committed_offsets
         worker.produce = produce
         worker.read_range = read_range
-        consumer = _StalledConsumer([TP(topic, 0)], highwater=10)
+        consumer = _StalledConsumer([TP(topic, 0)], highwater, position)
         monkeypatch.setattr(type(worker.app), "consumer", consumer, raising=False)
         await worker.ensure_restored()
         for offset, value, _ in actions[:4]:  # delivered; then the consumer goes quiet
@@ -214,3 +228,56 @@ def test_a_slow_checkpoint_spaces_out_the_next_ones():
     assert checkpoint_interval(0.001) == 1.0  # a few kB: once a second
     assert checkpoint_interval(0.08) == pytest.approx(1.6)  # 5 % of the time at most
     assert checkpoint_interval(10.0) == 30.0  # a restart never reads more than 30 s again
+
+
+def test_an_actions_partition_missing_from_the_assignment_is_read_while_alone(
+    tmp_path, monkeypatch
+):
+    """Seen with Faust after a restart: its subscription lost the actions topic and the
+    actions waited for ever. The only process of its group owns every actions partition:
+    one the consumer does not hold is looked at directly and what is there is applied, once;
+    Faust's commit bookkeeping is left alone (the checkpoint holds the offsets applied)."""
+
+    from geoincident.stream import app as app_module
+
+    monkeypatch.setattr(app_module, "STALL_S", 0.0)
+
+    async def scenario() -> tuple[list, list, _StalledConsumer]:
+        settings = load_settings(overrides={"worker.data_dir": str(tmp_path)})
+        worker = Worker(settings)
+        worker.state = {}
+        actions = [
+            (offset, orjson.dumps({"action": "ack", "incident_id": "inc-none", "by": "d"}), 0)
+            for offset in range(6)
+        ]
+        refused: list = []
+        reads: list = []
+
+        async def committed_offsets(topic, partitions=None):
+            return {0: 0}
+
+        async def produce(out):
+            refused.extend(out.action_dlq)
+
+        async def read_range(topic_, partition, start, end):
+            reads.append((partition, start, end))
+            return actions[start:end]
+
+        async def peek_end(topic_, partition, start, now):
+            return len(actions)
+
+        worker.committed_offsets = committed_offsets
+        worker.produce = produce
+        worker.read_range = read_range
+        worker._peek_end = peek_end
+        consumer = _StalledConsumer([], highwater=0, position=0)  # holds nothing
+        monkeypatch.setattr(type(worker.app), "consumer", consumer, raising=False)
+        await worker.ensure_restored()
+        for _ in range(3):
+            await worker._unstall()
+        return reads, refused, consumer
+
+    reads, refused, consumer = asyncio.run(scenario())
+    assert reads == [(0, 0, 6)]
+    assert [orjson.loads(r)["offset"] for r in refused] == list(range(6))
+    assert consumer.gaps == [] and not consumer._acked
