@@ -114,6 +114,29 @@ def test_a_worker_sharing_its_group_neither_processes_nor_advances_event_time(tm
     assert after == [True, 5]
 
 
+def _actions_read_directly(worker: Worker, actions: list) -> tuple[list, list]:
+    """The broker's calls of a worker replaced: the group committed nothing yet, what it
+    produces is kept (the actions DLQ: each action for an unknown incident is answered once),
+    and a direct read of the actions partition gives `actions`. Returns (reads, answers)."""
+    reads: list = []
+    refused: list = []
+
+    async def committed_offsets(topic, partitions=None):
+        return {0: 0}
+
+    async def produce(out):
+        refused.extend(out.action_dlq)
+
+    async def read_range(topic, partition, start, end):
+        reads.append((topic, partition, start, end))
+        return actions[start:end]
+
+    worker.committed_offsets = committed_offsets
+    worker.produce = produce
+    worker.read_range = read_range
+    return reads, refused
+
+
 class _StalledConsumer:
     """The group consumer as _unstall sees it: an assignment, a high watermark, and Faust's
     offset bookkeeping (what batching.acknowledge writes to)."""
@@ -184,22 +207,7 @@ def test_a_partition_the_consumer_stopped_delivering_is_read_directly(
             )
             for offset in range(10)
         ]
-        reads: list = []
-        refused: list = []
-
-        async def committed_offsets(topic, partitions=None):
-            return {0: 0}
-
-        async def produce(out):
-            refused.extend(out.action_dlq)  # an unknown incident: each action answered once
-
-        async def read_range(topic_, partition, start, end):
-            reads.append((topic_, partition, start, end))
-            return actions[start:end]
-
-        worker.committed_offsets = committed_offsets
-        worker.produce = produce
-        worker.read_range = read_range
+        reads, refused = _actions_read_directly(worker, actions)
         consumer = _StalledConsumer([TP(topic, 0)], highwater, position)
         monkeypatch.setattr(type(worker.app), "consumer", consumer, raising=False)
         await worker.ensure_restored()
@@ -250,25 +258,11 @@ def test_an_actions_partition_missing_from_the_assignment_is_read_while_alone(
             (offset, orjson.dumps({"action": "ack", "incident_id": "inc-none", "by": "d"}), 0)
             for offset in range(6)
         ]
-        refused: list = []
-        reads: list = []
-
-        async def committed_offsets(topic, partitions=None):
-            return {0: 0}
-
-        async def produce(out):
-            refused.extend(out.action_dlq)
-
-        async def read_range(topic_, partition, start, end):
-            reads.append((partition, start, end))
-            return actions[start:end]
+        reads, refused = _actions_read_directly(worker, actions)
 
         async def peek_end(topic_, partition, start, now):
             return len(actions)
 
-        worker.committed_offsets = committed_offsets
-        worker.produce = produce
-        worker.read_range = read_range
         worker._peek_end = peek_end
         consumer = _StalledConsumer([], highwater=0, position=0)  # holds nothing
         monkeypatch.setattr(type(worker.app), "consumer", consumer, raising=False)
@@ -278,6 +272,6 @@ def test_an_actions_partition_missing_from_the_assignment_is_read_while_alone(
         return reads, refused, consumer
 
     reads, refused, consumer = asyncio.run(scenario())
-    assert reads == [(0, 0, 6)]
+    assert reads == [(load_settings().topics.actions, 0, 0, 6)]
     assert [orjson.loads(r)["offset"] for r in refused] == list(range(6))
     assert consumer.gaps == [] and not consumer._acked
