@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import faust
@@ -477,26 +477,15 @@ class Worker:
         self._peeked[key] = now
         if start is None:
             start = (await self.committed_offsets(topic, [partition])).get(partition, 0)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka.brokers,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **kafka_client_options(self.settings),
-        )
         end = 0
         try:
-            await consumer.start()
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            consumer.seek(tp, start)
-            batch = await consumer.getmany(tp, timeout_ms=1000, max_records=100_000)
-            messages = batch.get(tp, [])
-            if messages:
-                end = messages[-1].offset + 1
+            async with self._reader(topic, partition, start) as (consumer, tp):
+                batch = await consumer.getmany(tp, timeout_ms=1000, max_records=100_000)
+                messages = batch.get(tp, [])
+                if messages:
+                    end = messages[-1].offset + 1
         except Exception as error:  # noqa: BLE001 - a look that fails: the next one, later
             log.warning(logfmt("stall_peek_failed", topic=topic, error=str(error)))
-        finally:
-            await consumer.stop()
         self._peek_ends[key] = end
         return end
 
@@ -804,17 +793,7 @@ class Worker:
         """Append records [start, end) to `records`; False when the read stalls first."""
         if end <= start:
             return True
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka.brokers,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **kafka_client_options(self.settings),
-        )
-        await consumer.start()
-        try:
-            tp = TopicPartition(topic, partition)
-            consumer.assign([tp])
-            consumer.seek(tp, start)
+        async with self._reader(topic, partition, start) as (consumer, tp):
             idle_polls = 0
             while True:
                 batch = await consumer.getmany(tp, timeout_ms=200, max_records=10_000)
@@ -835,6 +814,24 @@ class Worker:
                 # the last batch's base + 1, which would fail a range that is all there.
                 if idle_polls >= READ_RANGE_IDLE_POLLS:
                     return False
+
+    @contextlib.asynccontextmanager
+    async def _reader(
+        self, topic: str, partition: int, start: int
+    ) -> AsyncIterator[tuple[AIOKafkaConsumer, TopicPartition]]:
+        """A plain consumer (no group) of one partition, at `start`; stopped on the way out."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka.brokers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **kafka_client_options(self.settings),
+        )
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, start)
+            yield consumer, tp
         finally:
             await consumer.stop()
 

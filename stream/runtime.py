@@ -322,18 +322,32 @@ class WorkerCore:
     ) -> None:
         out.outcomes["rejected"] += 1
         out.rejections[rejection.reason] += 1
-        topic, at_partition, at_offset = self._dlq_at(
-            self.topic, self.dlq_partition(partition), offset
+        out.dlq.append(
+            self._dead_letter(
+                value, rejection, self.topic, self.dlq_partition(partition), offset, now_ms
+            )
         )
+
+    def _dead_letter(
+        self,
+        value: bytes,
+        rejection: Rejection,
+        topic: str | None,
+        partition: int | None,
+        offset: int,
+        now_ms: int | None,
+    ) -> bytes:
+        """The DLQ record of a refused report or action, naming where it was read."""
+        at_topic, at_partition, at_offset = self._dlq_at(topic, partition, offset)
         record = dlq_record(
             value,
             rejection,
-            topic=topic,
+            topic=at_topic,
             partition=at_partition,
             offset=at_offset,
             received_at_ms=now_ms,
         )
-        out.dlq.append(orjson.dumps(record))
+        return orjson.dumps(record)
 
     def _dlq_at(
         self, topic: str | None, partition: int | None, offset: int
@@ -481,16 +495,9 @@ class WorkerCore:
         now_ms: int | None,
     ) -> None:
         out.outcomes[f"action:{_action_name(value)}:{outcome}"] += 1
-        topic, at_partition, at_offset = self._dlq_at(self.actions_topic, partition, offset)
-        record = dlq_record(
-            value,
-            rejection,
-            topic=topic,
-            partition=at_partition,
-            offset=at_offset,
-            received_at_ms=now_ms,
+        out.action_dlq.append(
+            self._dead_letter(value, rejection, self.actions_topic, partition, offset, now_ms)
         )
-        out.action_dlq.append(orjson.dumps(record))
 
     # ------------------------------------------------------------------ checkpoints
 
