@@ -504,3 +504,55 @@ def test_a_missing_or_foreign_chunk_is_refused_not_half_read():
     table[chunk_key(b"checkpoint", 0, 1)] = os.urandom(CHUNK_BYTES)
     with pytest.raises(CheckpointError, match="do not match"):
         assembled(b"checkpoint", header, table.get)
+
+
+# ------------------------------------------------------------------------- encoded in steps
+
+
+@pytest.mark.parametrize("reporters", [0, 1, 15, 16, 7 * 3, 7 * 3 + 1, 65_535, 65_536, 70_001])
+def test_a_checkpoint_encoded_in_steps_is_the_same_bytes_as_one_encoded_whole(
+    at_cut, monkeypatch, reporters
+):
+    """The reputation is encoded a slice of reporters per step and spliced into the body:
+    the bytes must be exactly those of one encode of the whole state, across map header sizes
+    (16 and 65,536 entries) and slice ends (here 7 reporters a slice, and 20,000)."""
+    from geoincident.stream import checkpoint as codec
+
+    _, checkpoint = at_cut
+    rng = random.Random(reporters)
+    reputation = {
+        f"reporter-{rng.randrange(10**9)}-{n}": (rng.random(), float(n % 3), 0.0, T0_MS + n)
+        for n in range(reporters)
+    }
+    state = _with_detector(checkpoint, {**checkpoint["detector"], "reputation": reputation})
+    whole = codec._encoder.encode(codec._checkpoint_state(state))
+    for size in (7, 20_000):
+        monkeypatch.setattr(codec, "REPUTATION_SLICE", size)
+        encoding = codec.Encoding(state)
+        steps = 1
+        while not encoding.step():
+            steps += 1
+        assert encoding.body() == whole
+        assert steps == reporters // size + 1
+    assert decode(encode(state))["detector"]["reputation"] == reputation
+
+
+def test_a_checkpoint_being_encoded_holds_the_state_of_when_it_was_taken(at_cut):
+    """What changes after an `Encoding` is made (reputation, incidents) is not in it."""
+    from geoincident.stream.checkpoint import Encoding, pack
+
+    worker, checkpoint = at_cut
+    other = Worker()  # a copy of its own (the fixture's objects are shared by other tests)
+    other.core.restore(decode(encode(checkpoint)), worker.now_ms)
+    encoding = Encoding(other.core.checkpoint())
+    reputation = other.core.detector.reputation
+    reporters = reputation.state_reporters
+    for n in range(50):
+        reputation.flagged(f"newcomer-{n}", worker.now_ms)
+    incidents = list(other.core.detector.book.incidents)
+    other.core.detector.book.incidents.clear()
+    while not encoding.step():
+        pass
+    restored = decode(pack(encoding.body()))
+    assert reporters > 0 and len(restored["detector"]["reputation"]) == reporters
+    assert incidents and list(restored["detector"]["incidents"]) == incidents

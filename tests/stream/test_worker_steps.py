@@ -67,6 +67,7 @@ def test_a_checkpoint_waits_for_the_step_whose_outputs_are_in_flight(tmp_path):
             happened.append("checkpoint written")
         release.set()
         await asyncio.gather(batch, tick)
+        await worker.checkpoint_written()  # encoded between steps, written after
         checkpoint = decode(worker.state[CHECKPOINT_KEY])
         assert checkpoint["partitions"][0]["next_offset"] == 6
         return happened
@@ -275,3 +276,59 @@ def test_an_actions_partition_missing_from_the_assignment_is_read_while_alone(
     assert reads == [(load_settings().topics.actions, 0, 0, 6)]
     assert [orjson.loads(r)["offset"] for r in refused] == list(range(6))
     assert consumer.gaps == [] and not consumer._acked
+
+
+def test_a_large_checkpoint_is_encoded_between_other_work_and_written_in_order(
+    tmp_path, monkeypatch
+):
+    """A checkpoint's reputation is encoded a slice at a time with the event loop free in
+    between (here 100 reporters a slice, 2,000 reporters: 21 steps), holds the state of when it
+    was taken, and a forced checkpoint (an action's) taken meanwhile is written after it."""
+    from geoincident.stream import checkpoint as codec
+
+    monkeypatch.setattr(codec, "REPUTATION_SLICE", 100)
+
+    async def scenario() -> tuple[int, list[tuple[int, int]]]:
+        worker = Worker(load_settings(overrides={"worker.data_dir": str(tmp_path)}))
+        worker.state = {}
+        written: list[tuple[int, int]] = []
+
+        async def committed_offsets(topic, partitions=None):
+            return {0: 0}
+
+        async def produce(out):
+            pass
+
+        def table_set(key: bytes, value: bytes) -> None:
+            if key == CHECKPOINT_KEY:
+                checkpoint = decode(value)
+                written.append((checkpoint["seq"], len(checkpoint["detector"]["reputation"])))
+
+        class Table(dict):
+            def __setitem__(self, key, value):
+                table_set(key, value)
+                super().__setitem__(key, value)
+
+        worker.state = Table()
+        worker.committed_offsets = committed_offsets
+        worker.produce = produce
+        reputation = worker.core.detector.reputation
+        for n in range(2_000):
+            reputation.uncorroborated(f"earlier-{n}", 1_795_510_000_000)
+        await worker.on_reports(0, _records(5))  # the first checkpoint is due: it begins
+        first = worker._writing
+        assert first is not None and not first.done()
+        reputation.uncorroborated("after-the-first", 1_795_510_000_000)
+        async with worker._step:
+            forced = worker.begin_checkpoint(force=True)
+        assert forced is not None
+        turns = 0
+        while not first.done():
+            turns += 1
+            await asyncio.sleep(0)
+        await forced
+        return turns, written
+
+    turns, written = asyncio.run(scenario())
+    assert turns >= 20  # the loop ran other work while the first one was encoded
+    assert written == [(1, 2_000), (2, 2_001)]
