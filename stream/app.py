@@ -138,6 +138,7 @@ class Worker:
         self._checkpointed: tuple | None = None
         # the checkpoint being encoded and written (at most one; the next waits for it)
         self._writing: asyncio.Task | None = None
+        self._pending_writes: set[asyncio.Task] = set()
         self._stalls: dict[tuple[str, int], tuple[tuple[int | None, int], float]] = {}
         self._peeked: dict[tuple[str, int], float] = {}
         self._peek_ends: dict[tuple[str, int], int] = {}
@@ -197,6 +198,7 @@ class Worker:
             return web.bytes(body, content_type=content_type.split(";")[0])
 
         app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_before_shutdown.connect(self._on_shutdown)
         return app
 
     def _output_topics(self, app: faust.App) -> None:
@@ -654,6 +656,8 @@ class Worker:
                 encoding, self.core.checkpoint_seq, time.perf_counter() - started, self._writing
             )
         )
+        self._pending_writes.add(task)
+        task.add_done_callback(self._pending_writes.discard)
         task.add_done_callback(_checkpoint_written)
         return task
 
@@ -661,6 +665,15 @@ class Worker:
         """Wait until the checkpoint being written (if any) is."""
         if self._writing is not None:
             await asyncio.shield(self._writing)
+
+    async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:
+        """On a graceful stop, after the consumer has left the group and before the
+        producer's last flush: a checkpoint still being encoded is dropped, not written. The
+        group's next owner may be restoring already, and a write landing after its first
+        checkpoints would mix with their chunks; the offsets committed past the last written
+        checkpoint are taken in again at the next start, as after a crash."""
+        for task in list(self._pending_writes):
+            task.cancel()
 
     async def _write_checkpoint(
         self, encoding: Encoding, seq: int, spent_s: float, previous: asyncio.Task | None

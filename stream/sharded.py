@@ -84,6 +84,11 @@ class ShardedWorker(Worker):
         self._last_checkpoint: dict[int, float] = {}
         self._checkpoint_every: dict[int, float] = {}
         self._checkpointed: dict[int, tuple] = {}
+        # Checkpoints of routed partitions are encoded whole inside their step: one written
+        # later could land after the partition's next owner restored (a rebalance) and mix
+        # with its chunks. So none is ever in flight here.
+        self._writing: asyncio.Task | None = None
+        self._pending_writes: set[asyncio.Task] = set()
         # reports the router sent to the DLQ since this process started (not checkpointed: the
         # DLQ topic is their record)
         self.routed_rejections: Counter[str] = Counter()

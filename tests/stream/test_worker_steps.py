@@ -10,6 +10,7 @@ rest (Worker, WorkerCore, Detector, the checkpoint) is the real code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import orjson
 import pytest
@@ -278,6 +279,25 @@ def test_an_actions_partition_missing_from_the_assignment_is_read_while_alone(
     assert consumer.gaps == [] and not consumer._acked
 
 
+def _known_reporters_worker(tmp_path, table: dict) -> Worker:
+    """A worker whose broker calls are replaced (nothing committed, produce does nothing),
+    writing its checkpoints to `table`, with the reputation of 2,000 reporters."""
+    worker = Worker(load_settings(overrides={"worker.data_dir": str(tmp_path)}))
+    worker.state = table
+
+    async def committed_offsets(topic, partitions=None):
+        return {0: 0}
+
+    async def produce(out):
+        pass
+
+    worker.committed_offsets = committed_offsets
+    worker.produce = produce
+    for n in range(2_000):
+        worker.core.detector.reputation.uncorroborated(f"earlier-{n}", 1_795_510_000_000)
+    return worker
+
+
 def test_a_large_checkpoint_is_encoded_between_other_work_and_written_in_order(
     tmp_path, monkeypatch
 ):
@@ -289,32 +309,17 @@ def test_a_large_checkpoint_is_encoded_between_other_work_and_written_in_order(
     monkeypatch.setattr(codec, "REPUTATION_SLICE", 100)
 
     async def scenario() -> tuple[int, list[tuple[int, int]]]:
-        worker = Worker(load_settings(overrides={"worker.data_dir": str(tmp_path)}))
-        worker.state = {}
         written: list[tuple[int, int]] = []
-
-        async def committed_offsets(topic, partitions=None):
-            return {0: 0}
-
-        async def produce(out):
-            pass
-
-        def table_set(key: bytes, value: bytes) -> None:
-            if key == CHECKPOINT_KEY:
-                checkpoint = decode(value)
-                written.append((checkpoint["seq"], len(checkpoint["detector"]["reputation"])))
 
         class Table(dict):
             def __setitem__(self, key, value):
-                table_set(key, value)
+                if key == CHECKPOINT_KEY:
+                    checkpoint = decode(value)
+                    written.append((checkpoint["seq"], len(checkpoint["detector"]["reputation"])))
                 super().__setitem__(key, value)
 
-        worker.state = Table()
-        worker.committed_offsets = committed_offsets
-        worker.produce = produce
+        worker = _known_reporters_worker(tmp_path, Table())
         reputation = worker.core.detector.reputation
-        for n in range(2_000):
-            reputation.uncorroborated(f"earlier-{n}", 1_795_510_000_000)
         await worker.on_reports(0, _records(5))  # the first checkpoint is due: it begins
         first = worker._writing
         assert first is not None and not first.done()
@@ -332,3 +337,24 @@ def test_a_large_checkpoint_is_encoded_between_other_work_and_written_in_order(
     turns, written = asyncio.run(scenario())
     assert turns >= 20  # the loop ran other work while the first one was encoded
     assert written == [(1, 2_000), (2, 2_001)]
+
+
+def test_a_checkpoint_still_being_encoded_at_a_graceful_stop_is_dropped(tmp_path, monkeypatch):
+    """The consumer has left the group by then: the next owner may be restoring, so nothing
+    more is written (the offsets committed past the last checkpoint are taken in again)."""
+    from geoincident.stream import checkpoint as codec
+
+    monkeypatch.setattr(codec, "REPUTATION_SLICE", 100)
+
+    async def scenario() -> tuple[bool, bool]:
+        worker = _known_reporters_worker(tmp_path, {})
+        await worker.on_reports(0, _records(5))
+        writing = worker._writing
+        assert writing is not None and not writing.done()
+        await worker._on_shutdown(worker.app)
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing
+        await asyncio.sleep(0.05)
+        return writing.cancelled(), CHECKPOINT_KEY in worker.state
+
+    assert asyncio.run(scenario()) == (True, False)
