@@ -303,16 +303,18 @@ def pack(body: bytes) -> bytes:
     return _HEADER + zlib.compress(body, _ZLIB_LEVEL)
 
 
-# reporters encoded per `Encoding.step()`: about 4 ms of the event loop each
+# entries (reporters, held first reports) encoded per `Encoding.step()`: about 4 ms each
 REPUTATION_SLICE = 20_000
 
 
 class Encoding:
-    """A checkpoint being encoded to msgpack. Making it captures the state: everything but
-    the reputation is encoded then; the reputation snapshot (a copy the live state no longer
-    touches) is encoded `REPUTATION_SLICE` reporters per `step()`."""
+    """A checkpoint being encoded to msgpack. Making it captures the state: everything is
+    encoded then but the two parts that grow with the stream, the reputation (a copy the live
+    state no longer touches) and the bursts' held first reports (lists copied when the
+    snapshot was taken, `detectors.bursts.Rows`); those are encoded `REPUTATION_SLICE` entries
+    per `step()` and spliced in where markers held their places."""
 
-    __slots__ = ("_prefix", "_suffix", "_parts", "_items", "_body")
+    __slots__ = ("_pieces", "_todo", "_body")
 
     def __init__(self, checkpoint: dict) -> None:
         try:
@@ -321,30 +323,45 @@ class Encoding:
             raise
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise CheckpointError(f"cannot encode the checkpoint: {exc!r}") from exc
-        reputation = state.detector.reputation
-        # the reputation's place in the body: a marker encoded verbatim, then cut out
-        marker = os.urandom(16)
-        placed = replace(state.detector, reputation=msgspec.Raw(marker))
+        detector = state.detector
+        reputation, recent = detector.reputation, detector.bursts.recent
+        # their places in the body: markers encoded verbatim, then cut out
+        first, second = os.urandom(16), os.urandom(16)
+        placed = replace(
+            detector,
+            reputation=msgspec.Raw(first),
+            bursts=replace(detector.bursts, recent=msgspec.Raw(second)),
+        )
         whole = _encoder.encode(replace(state, detector=placed))
-        if whole.count(marker) != 1:  # sixteen random bytes met elsewhere: encode it whole
-            self._body: bytes | None = _encoder.encode(state)
+        self._body: bytes | None = None
+        if whole.count(first) != 1 or whole.count(second) != 1 or first == second:
+            # sixteen random bytes met elsewhere: encode it whole
+            listed = replace(detector.bursts, recent=list(recent))
+            self._body = _encoder.encode(replace(state, detector=replace(detector, bursts=listed)))
             return
-        self._body = None
-        self._prefix, self._suffix = whole.split(marker)
-        self._parts = [_map_header(len(reputation))]
-        self._items: Iterator = iter(reputation.items())
+        head, _, rest = whole.partition(first)
+        middle, _, tail = rest.partition(second)
+        self._pieces: list[bytes] = [head, _map_header(len(reputation))]
+        # (entries left, their container, its header, what follows the part in the body)
+        self._todo: list[tuple[Iterator, type, Callable[[int], bytes], bytes]] = [
+            (iter(reputation.items()), dict, _map_header, middle + _array_header(len(recent))),
+            (iter(recent), list, _array_header, tail),
+        ]
 
     def step(self) -> bool:
-        """Encode the next slice of reporters; True once the body is complete."""
+        """Encode the next slice of entries; True once the body is complete."""
         if self._body is not None:
             return True
-        part = dict(islice(self._items, REPUTATION_SLICE))
+        items, container, header, after = self._todo[0]
+        part = container(islice(items, REPUTATION_SLICE))
         if part:
-            encoded = _encoder.encode(part)
-            self._parts.append(encoded[len(_map_header(len(part))) :])
-        if len(part) < REPUTATION_SLICE:
-            self._body = b"".join((self._prefix, *self._parts, self._suffix))
-            return True
+            self._pieces.append(_encoder.encode(part)[len(header(len(part))) :])
+        if len(part) < REPUTATION_SLICE:  # this part is done: what follows it, then the next
+            self._pieces.append(after)
+            del self._todo[0]
+            if not self._todo:
+                self._body = b"".join(self._pieces)
+                return True
         return False
 
     def body(self) -> bytes:
@@ -362,6 +379,15 @@ def _map_header(size: int) -> bytes:
     if size < 1 << 16:
         return b"\xde" + size.to_bytes(2, "big")
     return b"\xdf" + size.to_bytes(4, "big")
+
+
+def _array_header(size: int) -> bytes:
+    """The same for an array."""
+    if size < 16:
+        return bytes([0x90 | size])
+    if size < 1 << 16:
+        return b"\xdc" + size.to_bytes(2, "big")
+    return b"\xdd" + size.to_bytes(4, "big")
 
 
 def _fields(

@@ -513,9 +513,9 @@ def test_a_missing_or_foreign_chunk_is_refused_not_half_read():
 def test_a_checkpoint_encoded_in_steps_is_the_same_bytes_as_one_encoded_whole(
     at_cut, monkeypatch, reporters
 ):
-    """The reputation is encoded a slice of reporters per step and spliced into the body:
-    the bytes must be exactly those of one encode of the whole state, across map header sizes
-    (16 and 65,536 entries) and slice ends (here 7 reporters a slice, and 20,000)."""
+    """The reputation and the bursts' held first reports are encoded a slice per step and
+    spliced into the body: the bytes must be exactly those of one encode of the whole state,
+    across header sizes (16 and 65,536 entries) and slice ends (here 7 a slice, and 20,000)."""
     from geoincident.stream import checkpoint as codec
 
     _, checkpoint = at_cut
@@ -524,17 +524,50 @@ def test_a_checkpoint_encoded_in_steps_is_the_same_bytes_as_one_encoded_whole(
         f"reporter-{rng.randrange(10**9)}-{n}": (rng.random(), float(n % 3), 0.0, T0_MS + n)
         for n in range(reporters)
     }
-    state = _with_detector(checkpoint, {**checkpoint["detector"], "reputation": reputation})
-    whole = codec._encoder.encode(codec._checkpoint_state(state))
-    for size in (7, 20_000):
-        monkeypatch.setattr(codec, "REPUTATION_SLICE", size)
-        encoding = codec.Encoding(state)
-        steps = 1
-        while not encoding.step():
-            steps += 1
-        assert encoding.body() == whole
-        assert steps == reporters // size + 1
-    assert decode(encode(state))["detector"]["reputation"] == reputation
+    bursts = checkpoint["detector"]["bursts"]
+    held = len(bursts["recent"])
+    recent = [
+        (f"category-{n % 3}", T0_MS + n, f"r{n}", 47.6, -122.3, f"u{n}", f"d:{n}")
+        for n in range(reporters)
+    ]
+    snapshot = {**checkpoint["detector"], "reputation": reputation}
+    # the fixture's own held reports (detectors.bursts.Rows), and as many again as reporters
+    for detector in (snapshot, {**snapshot, "bursts": {**bursts, "recent": recent}}):
+        state = _with_detector(checkpoint, detector)
+        whole = _encoded_whole(state)
+        rows = len(detector["bursts"]["recent"])
+        for size in (7, 20_000):
+            monkeypatch.setattr(codec, "REPUTATION_SLICE", size)
+            encoding = codec.Encoding(state)
+            steps = 1
+            while not encoding.step():
+                steps += 1
+            assert encoding.body() == whole
+            assert steps == reporters // size + 1 + rows // size + 1
+        decoded = decode(encode(state))["detector"]
+        assert decoded["reputation"] == reputation
+        assert decoded["bursts"]["recent"] == list(detector["bursts"]["recent"])
+    assert held > 0
+
+
+def test_a_checkpoint_is_encoded_whole_if_a_marker_would_be_ambiguous(at_cut, monkeypatch):
+    from geoincident.stream import checkpoint as codec
+
+    _, checkpoint = at_cut
+    monkeypatch.setattr(codec.os, "urandom", lambda n: b"\x00")  # found all over the body
+    encoding = codec.Encoding(checkpoint)
+    assert encoding.step() and encoding.body() == _encoded_whole(checkpoint)
+
+
+def _encoded_whole(checkpoint: dict) -> bytes:
+    """The msgpack body of one encode of the whole state (the held reports listed)."""
+    from msgspec.structs import replace
+
+    from geoincident.stream import checkpoint as codec
+
+    state = codec._checkpoint_state(checkpoint)
+    bursts = replace(state.detector.bursts, recent=list(state.detector.bursts.recent))
+    return codec._encoder.encode(replace(state, detector=replace(state.detector, bursts=bursts)))
 
 
 def test_a_checkpoint_being_encoded_holds_the_state_of_when_it_was_taken(at_cut):
