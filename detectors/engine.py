@@ -341,7 +341,7 @@ class Detector:
                 clock = self.clock_ms
                 if clock is None or ts_ms > clock:
                     self.clock_ms = clock = ts_ms
-                    if expiry and expiry[0][0] < ts_ms:
+                    if expiry.next_ms < ts_ms:
                         forget(ts_ms)
                 # at the first report at or past the sweep time, whatever moved the clock
                 # (drains end at the watermark): the same report however the input was cut
@@ -384,6 +384,5 @@ class Detector:
         if self.clock_ms is not None and now_ms <= self.clock_ms:
             return
         self.clock_ms = now_ms
-        expiry = self.grouping.expiry
-        if expiry and expiry[0][0] < now_ms:
+        if self.grouping.expiry.next_ms < now_ms:
             self.grouping.forget(now_ms)
