@@ -8,7 +8,7 @@ longer matter.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from h3.api.basic_int import latlng_to_cell as _latlng_to_cell
 
@@ -33,6 +33,8 @@ EVICT_FRACTION_OF_FLOOR = 0.1
 # PROMOTE_AFTER <= min_count / min_ratio). Bounding the span by the short window keeps all
 # window state re-readable from the input after a restart (see `SurgeDetector.rebuild`).
 PROMOTE_AFTER = 3
+# What a key not tracked holds: its last reports, or the report itself when there is one.
+Held: TypeAlias = Report | tuple[Report, ...]
 UNDETERMINED_LANG = "und"
 
 
@@ -53,10 +55,11 @@ class KeyTracker:
     def __init__(self, params: SurgeParams, baseline: Baseline, timers: Timers) -> None:
         self.keys: dict[Key, KeyState] = {}  # changed in place only (the decisions share it)
         # The last reports of keys not tracked: (category, language) -> region -> reports, in
-        # the order they came. Most keys of a national stream hold a single report (a district
-        # reports a category a few times a day), so a key costs no tuple of its own and a
-        # report held no entry of its own until its key is promoted.
-        self.sparse: dict[tuple[str, str], dict[int, tuple[Report, ...]]] = {}
+        # the order they came (the report itself when it is the only one). Most keys of a
+        # national stream hold a single report (a district reports a category a few times a
+        # day), so a key costs no tuple of its own and a report held no entry of its own until
+        # its key is promoted.
+        self.sparse: dict[tuple[str, str], dict[int, Held]] = {}
         # sorted, so sums over languages add up in the same order in every process
         self.langs: tuple[str, ...] = ()
         self.sweep_scheduled = False
@@ -69,7 +72,7 @@ class KeyTracker:
     @property
     def held_reports(self) -> int:
         """Reports held in short windows, tracked or not."""
-        held = sum(len(reports) for regions in self.sparse.values() for reports in regions.values())
+        held = sum(len(_reports(h)) for regions in self.sparse.values() for h in regions.values())
         return held + sum(len(key.window) for key in self.keys.values())
 
     def key_of(self, report: Report) -> Key:
@@ -83,7 +86,7 @@ class KeyTracker:
     def held(self, key_id: Key) -> tuple[Report, ...]:
         """The last reports held of a key not tracked (none if it holds none)."""
         regions = self.sparse.get((key_id[1], key_id[2]))
-        return regions.get(key_id[0], ()) if regions else ()
+        return _reports(regions.get(key_id[0])) if regions else ()
 
     def hold_or_promote(
         self, key_id: Key, report: Report, now_ms: int, sweep: bool
@@ -100,9 +103,9 @@ class KeyTracker:
         if regions is None:
             regions = self.sparse[(category, lang)] = {}
         since_ms = ts_ms - self.window_ms
-        held = (*[r for r in regions.get(region, ()) if r.ts_ms > since_ms], report)
+        held = (*[r for r in _reports(regions.get(region)) if r.ts_ms > since_ms], report)
         if len(held) < PROMOTE_AFTER:
-            regions[region] = held
+            regions[region] = held if len(held) > 1 else report
             if sweep:
                 self.schedule_sweep(now_ms)
             return None
@@ -149,7 +152,11 @@ class KeyTracker:
         horizon = now_ms - self.window_ms
         sparse = {}
         for pair, regions in self.sparse.items():
-            kept = {region: held for region, held in regions.items() if held[-1].ts_ms > horizon}
+            kept = {
+                region: held
+                for region, held in regions.items()
+                if _reports(held)[-1].ts_ms > horizon
+            }
             if kept:
                 sparse[pair] = kept
         self.sparse = sparse
@@ -165,6 +172,13 @@ class KeyTracker:
         self.sparse = {}
         self.langs = tuple(sorted({ident[2] for ident in keys}))
         self.sweep_scheduled = sweep_scheduled
+
+
+def _reports(held: Held | None) -> tuple[Report, ...]:
+    """The reports a key not tracked holds, in the order they came."""
+    if held is None:
+        return ()
+    return held if type(held) is tuple else (held,)
 
 
 def entry_of(report: Report) -> Entry:
