@@ -153,7 +153,7 @@ class FreeReports:
         held = boxes.get(box)
         if held is None:
             boxes[box] = report
-        elif type(held) is list:
+        elif isinstance(held, list):
             held.append(report)
         else:
             boxes[box] = [held, report]
@@ -165,7 +165,7 @@ class FreeReports:
         boxes = self._boxes[report.category]
         box = self._grid.box(report.lat, report.lon)
         held = boxes[box]
-        if type(held) is list:
+        if isinstance(held, list):
             held.remove(report)
             if len(held) == 1:
                 boxes[box] = held[0]

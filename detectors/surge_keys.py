@@ -178,7 +178,7 @@ def _reports(held: Held | None) -> tuple[Report, ...]:
     """The reports a key not tracked holds, in the order they came."""
     if held is None:
         return ()
-    return held if type(held) is tuple else (held,)
+    return held if isinstance(held, tuple) else (held,)
 
 
 def entry_of(report: Report) -> Entry:
