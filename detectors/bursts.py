@@ -61,8 +61,9 @@ from geoincident.geo.grid import DistanceGrid
 if TYPE_CHECKING:
     from geoincident.detectors.dispatch import Dispatcher
 
-# (event time, report id, lat, lon, reporter, device key): a first-time report held
-Entry = tuple[int, str, float, float, str, str]
+# A first-time report held, as the checkpoint lists it:
+# (category, event time, report id, lat, lon, reporter, device key)
+Saved = tuple[str, int, str, float, float, str, str]
 # declared bursts waiting for `take`: the driver takes them after every step (far fewer); a
 # detector nobody takes from keeps the last this many
 PENDING_CAP = 10_000
@@ -148,8 +149,9 @@ class NewReporterBursts:
         self._fewest = max(params.min_reporters, params.min_devices)
         self._grid = DistanceGrid(params.radius_m)
         self._reach = DistanceGrid(2 * params.radius_m)
-        # category -> box -> first-time reports, in (event time, id) order
-        self._recent: dict[str, dict[int, list[Entry]]] = {}
+        # category -> box -> first-time reports (the reports themselves), in (event time, id)
+        # order
+        self._recent: dict[str, dict[int, list[Report]]] = {}
         # category -> box (of `_reach`) -> bursts on
         self._bursts: dict[str, dict[int, list[_On]]] = {}
         self._sweep_ms = 0
@@ -172,19 +174,17 @@ class NewReporterBursts:
         if ts_ms >= self._sweep_ms:
             self._sweep(ts_ms)
         category, lat, lon = report.category, report.lat, report.lon
-        device = "d:" + report.device if report.device else "r:" + reporter
         boxes = self._recent.get(category)
         if boxes is None:
             boxes = self._recent[category] = {}
-        entry: Entry = (ts_ms, report.id, lat, lon, reporter, device)
         box = self._grid.box(lat, lon)
         held = boxes.get(box)
         if held is None:
-            boxes[box] = [entry]
-        elif held[-1][:2] <= entry[:2]:
-            held.append(entry)
+            boxes[box] = [report]
+        elif not report < held[-1]:
+            held.append(report)
         else:  # a late report
-            bisect.insort(held, entry)
+            bisect.insort(held, report)
         around = self._grid.gather(boxes, lat, lon)
         going = self._going_on(category, lat, lon, ts_ms) if category in self._bursts else None
         if going is None and len(around) < self._fewest:
@@ -216,17 +216,19 @@ class NewReporterBursts:
         return report.device is not None and report.device in dispatcher.blocked_devices
 
     def _within(
-        self, around: list[Entry], lat: float, lon: float, start_ms: int, end_ms: int
+        self, around: list[Report], lat: float, lon: float, start_ms: int, end_ms: int
     ) -> Iterator[tuple[str, str]]:
-        """(reporter, device) of the held reports within the radius and in (start, end]."""
+        """(reporter, device key) of the held reports within the radius and in (start, end]."""
         radius_m = self._radius_m
-        for ts_ms, _, e_lat, e_lon, reporter, device in around:
-            if start_ms < ts_ms <= end_ms and haversine_m(lat, lon, e_lat, e_lon) <= radius_m:
-                yield reporter, device
+        for held in around:
+            if start_ms < held.ts_ms <= end_ms and (
+                haversine_m(lat, lon, held.lat, held.lon) <= radius_m
+            ):
+                yield held.reporter, device_key(held)
 
     def _reaches(
         self,
-        around: list[Entry],
+        around: list[Report],
         lat: float,
         lon: float,
         start_ms: int,
@@ -244,7 +246,7 @@ class NewReporterBursts:
         return False
 
     def _tally(
-        self, around: list[Entry], lat: float, lon: float, start_ms: int, end_ms: int
+        self, around: list[Report], lat: float, lon: float, start_ms: int, end_ms: int
     ) -> tuple[int, int]:
         """How many distinct (reporters, devices) are there."""
         found = list(self._within(around, lat, lon, start_ms, end_ms))
@@ -301,9 +303,9 @@ class NewReporterBursts:
         for boxes in self._recent.values():
             gone = []
             for box, held in boxes.items():
-                if held[0][0] > oldest_ms:
+                if held[0].ts_ms > oldest_ms:
                     continue  # the usual case: a box of one report, or all of them recent
-                if held[-1][0] <= oldest_ms:
+                if held[-1].ts_ms <= oldest_ms:
                     gone.append(box)
                 else:
                     del held[: bisect.bisect_right(held, oldest_ms, key=_ts)]
@@ -331,11 +333,11 @@ class NewReporterBursts:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data, sorted (the same state gives the same bytes)."""
-        recent = sorted(
-            (category, *entry)
+        recent: list[Saved] = sorted(
+            (category, r.ts_ms, r.id, r.lat, r.lon, r.reporter, device_key(r))
             for category, boxes in self._recent.items()
             for held in boxes.values()
-            for entry in held
+            for r in held
         )
         bursts = sorted(
             (category, b.lat, b.lon, b.declared_ms, b.last_ms)
@@ -357,8 +359,17 @@ class NewReporterBursts:
         self._recent = {}
         for category, ts_ms, report_id, lat, lon, reporter, device in snapshot["recent"]:
             boxes = self._recent.setdefault(category, {})
-            entry: Entry = (int(ts_ms), report_id, float(lat), float(lon), reporter, device)
-            boxes.setdefault(self._grid.box(lat, lon), []).append(entry)
+            # what the bursts read of a report: its time, place, reporter and device
+            first = Report(
+                id=report_id,
+                ts_ms=int(ts_ms),
+                lat=float(lat),
+                lon=float(lon),
+                reporter=reporter,
+                category=category,
+                device=device[2:] if device.startswith("d:") else None,
+            )
+            boxes.setdefault(self._grid.box(lat, lon), []).append(first)
         for boxes in self._recent.values():
             for held in boxes.values():
                 held.sort()
@@ -368,5 +379,12 @@ class NewReporterBursts:
         self._sweep_ms = int(snapshot["sweep_ms"])
 
 
-def _ts(entry: Entry) -> int:
-    return entry[0]
+def _ts(report: Report) -> int:
+    return report.ts_ms
+
+
+def device_key(report: Report) -> str:
+    """The device a report counts for: its device id, or its reporter's own when it has none
+    (kept apart: a reporter named like some device is not that device)."""
+    device = report.device
+    return "d:" + device if device else "r:" + report.reporter
