@@ -1,13 +1,16 @@
 """A validated report as the detector holds it in its windows (report.py makes them).
 
 A native class of the compiled core: its event time is a machine integer and its position
-machine doubles inside the object, where a msgspec Struct (or any plain Python object) points
-to an int and two floats of their own, so a report held costs some 60 bytes less. Reading its
-fields from the compiled modules is a load from the object, not an attribute lookup.
+machine doubles inside the object, and so is its accuracy (a negative number standing for
+none), where a msgspec Struct (or any plain Python object) points to an int and three floats
+of their own: a report held costs some 80 bytes less. Reading its fields from the compiled
+modules is a load from the object, not an attribute lookup.
 """
 
 from __future__ import annotations
 
+# Stored for an accuracy the report did not give (a given one is never negative).
+NO_ACCURACY = -1.0
 # The fields, in the order the constructor takes them.
 FIELDS = (
     "id",
@@ -30,7 +33,7 @@ class Report:
     Reports order by (event time, id), the order the detector processes them in; the detector
     holds one report of an id at a time, so no two reports it orders are equal."""
 
-    __slots__ = FIELDS
+    __slots__ = (*FIELDS[:8], "_accuracy_m", *FIELDS[9:])
 
     def __init__(
         self,
@@ -54,13 +57,19 @@ class Report:
         self.category = category
         self.source = source
         self.device = device
-        self.accuracy_m = accuracy_m
+        self._accuracy_m = NO_ACCURACY if accuracy_m is None else accuracy_m
         self.lang = lang
         # Scale-out: a copy of a report owned by a neighbouring region, sent here because it
         # lies within the halo of this region's border. It counts for local detection (groups
         # across the border, the background) but not for this detector's surges, and is not
         # counted as this detector's input (its owner counts it).
         self.halo = halo
+
+    @property
+    def accuracy_m(self) -> float | None:
+        """The GPS accuracy the report gave, in metres (None if it gave none)."""
+        accuracy_m = self._accuracy_m
+        return None if accuracy_m < 0.0 else accuracy_m
 
     def __lt__(self, other: Report) -> bool:
         return self.ts_ms < other.ts_ms or (self.ts_ms == other.ts_ms and self.id < other.id)
