@@ -37,6 +37,7 @@ COMPILED = [
     "detectors/dispatch.py",
     "detectors/engine.py",
     "detectors/grouping.py",
+    "detectors/held.py",
     "detectors/incidents.py",
     "detectors/independence.py",
     "detectors/lifecycle.py",

@@ -65,8 +65,9 @@ from geoincident.geo.grid import DistanceGrid
 if TYPE_CHECKING:
     from geoincident.detectors.dispatch import Dispatcher
 
-# (event time, report id, lat, lon, reporter, device key): a first-time report held
-Entry = tuple[int, str, float, float, str, str]
+# A first-time report held, as the checkpoint lists it:
+# (category, event time, report id, lat, lon, reporter, device key)
+Saved = tuple[str, int, str, float, float, str, str]
 # declared bursts waiting for `take`: the driver takes them after every step (far fewer); a
 # detector nobody takes from keeps the last this many
 PENDING_CAP = 10_000
@@ -152,11 +153,12 @@ class NewReporterBursts:
         self._fewest = max(params.min_reporters, params.min_devices)
         self._grid = DistanceGrid(params.radius_m)
         self._reach = DistanceGrid(2 * params.radius_m)
-        # category -> box -> first-time reports, in (event time, id) order
-        self._recent: dict[str, dict[int, list[Entry]]] = {}
+        # category -> box -> first-time reports (the reports themselves), in (event time, id)
+        # order
+        self._recent: dict[str, dict[int, list[Report]]] = {}
         # category -> the same reports in the order they were processed (for snapshots), and
         # the categories where a late report may have left one out of event-time order
-        self._order: dict[str, deque[Entry]] = {}
+        self._order: dict[str, deque[Report]] = {}
         self._unordered: set[str] = set()
         # category -> box (of `_reach`) -> bursts on
         self._bursts: dict[str, dict[int, list[_On]]] = {}
@@ -180,25 +182,23 @@ class NewReporterBursts:
         if ts_ms >= self._sweep_ms:
             self._sweep(ts_ms)
         category, lat, lon = report.category, report.lat, report.lon
-        device = "d:" + report.device if report.device else "r:" + reporter
         boxes = self._recent.get(category)
         if boxes is None:
             boxes = self._recent[category] = {}
-        entry: Entry = (ts_ms, report.id, lat, lon, reporter, device)
         order = self._order.get(category)
         if order is None:
             order = self._order[category] = deque()
-        elif order[-1][0] > ts_ms:
+        elif order[-1].ts_ms > ts_ms:
             self._unordered.add(category)
-        order.append(entry)
+        order.append(report)
         box = self._grid.box(lat, lon)
         held = boxes.get(box)
         if held is None:
-            boxes[box] = [entry]
-        elif held[-1][:2] <= entry[:2]:
-            held.append(entry)
+            boxes[box] = [report]
+        elif not report < held[-1]:
+            held.append(report)
         else:  # a late report
-            bisect.insort(held, entry)
+            bisect.insort(held, report)
         around = self._grid.gather(boxes, lat, lon)
         going = self._going_on(category, lat, lon, ts_ms) if category in self._bursts else None
         if going is None and len(around) < self._fewest:
@@ -230,17 +230,19 @@ class NewReporterBursts:
         return report.device is not None and report.device in dispatcher.blocked_devices
 
     def _within(
-        self, around: list[Entry], lat: float, lon: float, start_ms: int, end_ms: int
+        self, around: list[Report], lat: float, lon: float, start_ms: int, end_ms: int
     ) -> Iterator[tuple[str, str]]:
-        """(reporter, device) of the held reports within the radius and in (start, end]."""
+        """(reporter, device key) of the held reports within the radius and in (start, end]."""
         radius_m = self._radius_m
-        for ts_ms, _, e_lat, e_lon, reporter, device in around:
-            if start_ms < ts_ms <= end_ms and haversine_m(lat, lon, e_lat, e_lon) <= radius_m:
-                yield reporter, device
+        for held in around:
+            if start_ms < held.ts_ms <= end_ms and (
+                haversine_m(lat, lon, held.lat, held.lon) <= radius_m
+            ):
+                yield held.reporter, device_key(held)
 
     def _reaches(
         self,
-        around: list[Entry],
+        around: list[Report],
         lat: float,
         lon: float,
         start_ms: int,
@@ -258,7 +260,7 @@ class NewReporterBursts:
         return False
 
     def _tally(
-        self, around: list[Entry], lat: float, lon: float, start_ms: int, end_ms: int
+        self, around: list[Report], lat: float, lon: float, start_ms: int, end_ms: int
     ) -> tuple[int, int]:
         """How many distinct (reporters, devices) are there."""
         found = list(self._within(around, lat, lon, start_ms, end_ms))
@@ -315,9 +317,9 @@ class NewReporterBursts:
         for boxes in self._recent.values():
             gone = []
             for box, held in boxes.items():
-                if held[0][0] > oldest_ms:
+                if held[0].ts_ms > oldest_ms:
                     continue  # the usual case: a box of one report, or all of them recent
-                if held[-1][0] <= oldest_ms:
+                if held[-1].ts_ms <= oldest_ms:
                     gone.append(box)
                 else:
                     del held[: bisect.bisect_right(held, oldest_ms, key=_ts)]
@@ -325,12 +327,12 @@ class NewReporterBursts:
                 del boxes[box]
         for category, order in self._order.items():
             if category in self._unordered:  # the same reports as the boxes keep
-                kept = deque(entry for entry in order if entry[0] > oldest_ms)
+                kept = deque(held for held in order if held.ts_ms > oldest_ms)
                 self._order[category] = kept
-                if all(a[0] <= b[0] for a, b in pairwise(kept)):
+                if all(a.ts_ms <= b.ts_ms for a, b in pairwise(kept)):
                     self._unordered.discard(category)
             else:
-                while order and order[0][0] <= oldest_ms:
+                while order and order[0].ts_ms <= oldest_ms:
                     order.popleft()
         cooldown_ms = self._cooldown_ms
         for bursts in self._bursts.values():
@@ -378,14 +380,23 @@ class NewReporterBursts:
         self._unordered = set()
         for category, ts_ms, report_id, lat, lon, reporter, device in snapshot["recent"]:
             boxes = self._recent.setdefault(category, {})
-            entry: Entry = (int(ts_ms), report_id, float(lat), float(lon), reporter, device)
-            boxes.setdefault(self._grid.box(lat, lon), []).append(entry)
+            # what the bursts read of a report: its time, place, reporter and device
+            first = Report(
+                id=report_id,
+                ts_ms=int(ts_ms),
+                lat=float(lat),
+                lon=float(lon),
+                reporter=reporter,
+                category=category,
+                device=device[2:] if device.startswith("d:") else None,
+            )
+            boxes.setdefault(self._grid.box(lat, lon), []).append(first)
             order = self._order.get(category)
             if order is None:
                 order = self._order[category] = deque()
-            elif order[-1][0] > entry[0]:
+            elif order[-1].ts_ms > first.ts_ms:
                 self._unordered.add(category)
-            order.append(entry)
+            order.append(first)
         for boxes in self._recent.values():
             for held in boxes.values():
                 held.sort()
@@ -396,22 +407,23 @@ class NewReporterBursts:
 
 
 class Rows:
-    """The rows (category, *entry) of a snapshot's held reports: lists copied when the snapshot
-    was taken, listed when read (the checkpoint encoder reads them a slice at a time)."""
+    """The rows of a snapshot's held reports, (category, event time, id, lat, lon, reporter,
+    device key): lists copied when the snapshot was taken, listed when read (the checkpoint
+    encoder reads them a slice at a time)."""
 
     __slots__ = ("parts", "count")
 
-    def __init__(self, parts: list[tuple[str, list[Entry]]]) -> None:
+    def __init__(self, parts: list[tuple[str, list[Report]]]) -> None:
         self.parts = parts
-        self.count = sum(len(entries) for _, entries in parts)
+        self.count = sum(len(held) for _, held in parts)
 
     def __len__(self) -> int:
         return self.count
 
-    def __iter__(self) -> Iterator[tuple[str, int, str, float, float, str, str]]:
-        for category, entries in self.parts:
-            for ts_ms, report_id, lat, lon, reporter, device in entries:
-                yield (category, ts_ms, report_id, lat, lon, reporter, device)
+    def __iter__(self) -> Iterator[Saved]:
+        for category, held in self.parts:
+            for r in held:
+                yield (category, r.ts_ms, r.id, r.lat, r.lon, r.reporter, device_key(r))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Rows):
@@ -424,5 +436,12 @@ class Rows:
         return f"Rows({list(self)!r})"
 
 
-def _ts(entry: Entry) -> int:
-    return entry[0]
+def _ts(report: Report) -> int:
+    return report.ts_ms
+
+
+def device_key(report: Report) -> str:
+    """The device a report counts for: its device id, or its reporter's own when it has none
+    (kept apart: a reporter named like some device is not that device)."""
+    device = report.device
+    return "d:" + device if device else "r:" + report.reporter

@@ -137,7 +137,9 @@ class FreeReports:
     __slots__ = ("_boxes", "_grid", "_weights", "size")
 
     def __init__(self, max_radius_m: float = 250.0) -> None:
-        self._boxes: dict[str, dict[int, list[Report]]] = {}
+        # category -> box -> its free reports: the report itself where it is alone in its box
+        # (most boxes, outside a busy city), a list of two or more
+        self._boxes: dict[str, dict[int, Report | list[Report]]] = {}
         self._grid = DistanceGrid(max_radius_m)
         # Weights other than 1.0 by report id (blocked reporters, weighted sources).
         self._weights: dict[str, float] = {}
@@ -148,11 +150,13 @@ class FreeReports:
         if boxes is None:
             boxes = self._boxes[report.category] = {}
         box = self._grid.box(report.lat, report.lon)
-        bucket = boxes.get(box)
-        if bucket is None:
-            boxes[box] = [report]
+        held = boxes.get(box)
+        if held is None:
+            boxes[box] = report
+        elif isinstance(held, list):
+            held.append(report)
         else:
-            bucket.append(report)
+            boxes[box] = [held, report]
         if weight != 1.0:
             self._weights[report.id] = weight
         self.size += 1
@@ -160,11 +164,13 @@ class FreeReports:
     def remove(self, report: Report) -> None:
         boxes = self._boxes[report.category]
         box = self._grid.box(report.lat, report.lon)
-        bucket = boxes[box]
-        if len(bucket) == 1:
-            del boxes[box]
+        held = boxes[box]
+        if isinstance(held, list):
+            held.remove(report)
+            if len(held) == 1:
+                boxes[box] = held[0]
         else:
-            bucket.remove(report)
+            del boxes[box]
         self._weights.pop(report.id, None)
         self.size -= 1
 

@@ -74,8 +74,8 @@ class Detector:
             UNCLASSIFIED_OUTCOME: 0,
             TOO_LATE: 0,
         }
-        # (event time, id, report): accepted, waiting for the watermark
-        self._pending: list[tuple[int, str, Report]] = []
+        # accepted, waiting for the watermark: a heap in (event time, id) order (Report's)
+        self._pending: list[Report] = []
         # report id -> None while pending, the Report while free, its incident's Cluster after
         self._seen: dict[str, Cluster | Report | None] = {}
         # after a restore, until the rebuild: report id -> the cluster of its incident
@@ -158,7 +158,7 @@ class Detector:
             own = self.grouping.process(report, True, weight, self.clock_ms)
             return Observed(ACCEPTED, [*drained, *events, *own])
         self._accept(report)
-        heapq.heappush(self._pending, (ts_ms, report.id, report))
+        heapq.heappush(self._pending, report)
         if self.max_ts_ms is None or ts_ms > self.max_ts_ms:
             self.max_ts_ms = ts_ms
         return Observed(ACCEPTED, [])
@@ -253,7 +253,7 @@ class Detector:
                 replayed.append(report)
             else:
                 seen[report.id] = None
-                heapq.heappush(self._pending, (report.ts_ms, report.id, report))
+                heapq.heappush(self._pending, report)
         replayed.sort(key=lambda r: (r.ts_ms, r.id))
         weight = self.dispatcher.weight
         self.surge.rebuild([r for r in replayed if not r.halo and weight(r, True) > 0])
@@ -329,19 +329,20 @@ class Detector:
             if (
                 timers
                 and timers[0][0] <= watermark_ms
-                and (not pending or timers[0][0] <= pending[0][0])
+                and (not pending or timers[0][0] <= pending[0].ts_ms)
             ):
                 due_ms, _, kind, incident_id = heappop(timers)
                 self._tick(due_ms)
                 if surge_on:
                     events.extend(surge.advance(due_ms))
                 fire(kind, incident_id, due_ms, events)
-            elif pending and pending[0][0] < limit_ms:
-                ts_ms, _, report = heappop(pending)
+            elif pending and pending[0].ts_ms < limit_ms:
+                report = heappop(pending)
+                ts_ms = report.ts_ms
                 clock = self.clock_ms
                 if clock is None or ts_ms > clock:
                     self.clock_ms = clock = ts_ms
-                    if expiry and expiry[0][0] < ts_ms:
+                    if expiry.next_ms < ts_ms:
                         forget(ts_ms)
                 # at the first report at or past the sweep time, whatever moved the clock
                 # (drains end at the watermark): the same report however the input was cut
@@ -384,6 +385,5 @@ class Detector:
         if self.clock_ms is not None and now_ms <= self.clock_ms:
             return
         self.clock_ms = now_ms
-        expiry = self.grouping.expiry
-        if expiry and expiry[0][0] < now_ms:
+        if self.grouping.expiry.next_ms < now_ms:
             self.grouping.forget(now_ms)

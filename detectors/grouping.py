@@ -5,6 +5,8 @@ and out of either once it leaves its category's window."""
 from __future__ import annotations
 
 import heapq
+from array import array
+from collections import deque
 
 from geoincident.detectors.chance import Chance
 from geoincident.detectors.clusters import AccuracyWeights, Cluster, FreeReports, window_score
@@ -14,6 +16,105 @@ from geoincident.detectors.params import CategoryParams, DetectorParams
 from geoincident.detectors.report import Report
 from geoincident.detectors.reputation import Reputation
 from geoincident.geo.distance import WeightedCentroid
+
+# `Expiry.next_ms` while it holds nothing: later than any event time
+NEVER_MS = 1 << 62
+
+
+class _Queue:
+    """Reports of one window length that leave in the order they came: the reports, and the
+    number each came as (an array of ints: no object per report)."""
+
+    __slots__ = ("reports", "seqs", "head")
+
+    def __init__(self) -> None:
+        self.reports: deque[Report] = deque()
+        self.seqs: array[int] = array("q")
+        self.head = 0  # seqs before it have left
+
+    def first_seq(self) -> int:
+        return self.seqs[self.head]
+
+    def append(self, report: Report, seq: int) -> None:
+        self.reports.append(report)
+        self.seqs.append(seq)
+
+    def popleft(self) -> Report:
+        head = self.head + 1
+        if head >= 4096 and 2 * head >= len(self.seqs):
+            del self.seqs[:head]
+            head = 0
+        self.head = head
+        return self.reports.popleft()
+
+
+class Expiry:
+    """Every processed report until it leaves its category's window, given back in the order
+    they leave: by the time they leave, then by the order they came (`add`).
+
+    Reports processed in event-time order leave in the order they came among those of the same
+    window length, so each window length has a first-in first-out queue; a late report, which
+    would leave before reports already queued, goes into a heap. That costs a report held a few
+    bytes where a heap entry of its own costs over a hundred."""
+
+    __slots__ = ("_queues", "_late", "_seq", "size", "next_ms")
+
+    def __init__(self) -> None:
+        # window length -> its queue (a detector has few window lengths: one per category)
+        self._queues: dict[int, _Queue] = {}
+        # (leaves at, number it came as, report): late reports only
+        self._late: list[tuple[int, int, Report]] = []
+        self._seq = 0
+        self.size = 0
+        # the time the next report leaves at; NEVER_MS when none is held
+        self.next_ms = NEVER_MS
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, report: Report, window_ms: int) -> None:
+        self._seq += 1
+        leaves_ms = report.ts_ms + window_ms
+        queue = self._queues.get(window_ms)
+        if queue is None:
+            queue = self._queues[window_ms] = _Queue()
+        reports = queue.reports
+        if not reports or reports[-1].ts_ms <= report.ts_ms:
+            queue.append(report, self._seq)
+        else:
+            heapq.heappush(self._late, (leaves_ms, self._seq, report))
+        self.size += 1
+        if leaves_ms < self.next_ms:
+            self.next_ms = leaves_ms
+
+    def pop(self) -> Report:
+        """The report that leaves first (at `next_ms`); there must be one."""
+        best_ms = NEVER_MS
+        best_seq = 0
+        best: _Queue | None = None
+        for window_ms, queue in self._queues.items():
+            if queue.reports:
+                leaves_ms = queue.reports[0].ts_ms + window_ms
+                if leaves_ms < best_ms or (leaves_ms == best_ms and queue.first_seq() < best_seq):
+                    best_ms, best_seq, best = leaves_ms, queue.first_seq(), queue
+        late = self._late
+        if late and (late[0][0] < best_ms or (late[0][0] == best_ms and late[0][1] < best_seq)):
+            report = heapq.heappop(late)[2]
+        else:
+            assert best is not None
+            report = best.popleft()
+        self.size -= 1
+        self.next_ms = self._next_ms()
+        return report
+
+    def _next_ms(self) -> int:
+        next_ms = self._late[0][0] if self._late else NEVER_MS
+        for window_ms, queue in self._queues.items():
+            if queue.reports:
+                leaves_ms = queue.reports[0].ts_ms + window_ms
+                if leaves_ms < next_ms:
+                    next_ms = leaves_ms
+        return next_ms
 
 
 class Grouping:
@@ -41,10 +142,9 @@ class Grouping:
         # report id -> None while pending, the Report while free, its incident's Cluster after
         # (engine.Detector's: it tells duplicates by it)
         self.seen = seen
-        # (leaves the window at, sequence, report): every processed report, until it leaves;
-        # the detector's loop reads expiry[0][0] to call `forget` only when one is due
-        self.expiry: list[tuple[int, int, Report]] = []
-        self._expiry_seq = 0
+        # every processed report, until it leaves; the detector's loop reads
+        # `expiry.next_ms` to call `forget` only when one is due
+        self.expiry = Expiry()
         # groups that reached the threshold but not significance (a metric)
         self.chance_groups = 0
         self._category_params = {name: params.for_category(name) for name in params.taxonomy.names}
@@ -88,10 +188,7 @@ class Grouping:
         the event time seen, which rates are divided by); returns the category's rules."""
         category = report.category
         category_params = self._category_params.get(category) or self.params_of(category)
-        self._expiry_seq += 1
-        heapq.heappush(
-            self.expiry, (report.ts_ms + category_params.window_ms, self._expiry_seq, report)
-        )
+        self.expiry.add(report, category_params.window_ms)
         chance = self.chance
         if chance.first_ms is None or report.ts_ms < chance.first_ms:
             chance.first_ms = report.ts_ms
@@ -101,11 +198,11 @@ class Grouping:
         """Reports that left every window before now_ms: out of their incident's window, or
         no longer free."""
         expiry = self.expiry
-        heappop = heapq.heappop
         seen = self.seen
         reputation = self.reputation if self.reputation_on else None
-        while expiry and expiry[0][0] < now_ms:
-            left_ms, _, report = heappop(expiry)
+        while expiry.next_ms < now_ms:
+            left_ms = expiry.next_ms
+            report = expiry.pop()
             owner = seen.pop(report.id, None)
             if owner is None:
                 continue

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
+from geoincident.detectors.held import Report as Report
 from geoincident.detectors.taxonomy import DEFAULT_MAX_REPORT_BYTES, UNCLASSIFIED, Taxonomy
 from geoincident.detectors.timefmt import (
     MAX_EPOCH_MS,
@@ -70,26 +71,6 @@ class _WireReport(msgspec.Struct):
 
 
 _decoder = msgspec.json.Decoder(_WireReport)
-
-
-class Report(msgspec.Struct, gc=False):
-    """A validated report, as the detector keeps it: only what decisions need."""
-
-    id: str
-    ts_ms: int
-    lat: float
-    lon: float
-    reporter: str
-    category: str
-    source: str | None = None
-    device: str | None = None
-    accuracy_m: float | None = None
-    lang: str | None = None
-    # Scale-out: a copy of a report owned by a neighbouring region, sent here because it lies
-    # within the halo of this region's border. It counts for local detection (groups across
-    # the border, the background) but not for this detector's surges, and is not counted as
-    # this detector's input (its owner counts it).
-    halo: bool = False
 
 
 class Rejection(msgspec.Struct, frozen=True, gc=False):

@@ -124,12 +124,13 @@ class Background:
     density where the rate matters (at 300 reports/min over 400 km², one box holds ~3 reports
     of some category per window); where they are, the rate comes out higher, the strict side."""
 
-    __slots__ = ("grid", "_boxes", "_occupied", "_totals", "_area_cache")
+    __slots__ = ("grid", "_boxes", "_totals", "_area_cache")
 
     def __init__(self, neighbourhood_m: float) -> None:
         self.grid = DistanceGrid(neighbourhood_m / 2.0)
+        # category -> box -> reports (the reports of any category in a box are their sum: a
+        # table of its own would cost every free report a second entry)
         self._boxes: dict[str, dict[int, int]] = {}
-        self._occupied: dict[int, int] = {}  # box -> reports of any category
         self._totals: dict[str, int] = {}
         self._area_cache: dict[int, float] = {}
 
@@ -139,8 +140,6 @@ class Background:
             boxes = self._boxes[category] = {}
         box = self.grid.box(lat, lon)
         boxes[box] = boxes.get(box, 0) + 1
-        occupied = self._occupied
-        occupied[box] = occupied.get(box, 0) + 1
         self._totals[category] = self._totals.get(category, 0) + 1
 
     def remove(self, category: str, lat: float, lon: float) -> None:
@@ -151,12 +150,6 @@ class Background:
             boxes[box] = left
         else:
             del boxes[box]
-        occupied = self._occupied
-        left = occupied[box] - 1
-        if left:
-            occupied[box] = left
-        else:
-            del occupied[box]
         self._totals[category] -= 1
 
     def total(self, category: str) -> int:
@@ -167,14 +160,16 @@ class Background:
         the boxes people report from there). `own` reports of the total are the group being
         judged: they occupy boxes but are not evidence of where the background lives."""
         boxes = self._boxes.get(category) or {}
-        occupied = self._occupied
+        every = list(self._boxes.values())
         count = 0
         reports = 0
         inhabited = 0
         neighbourhood = self.grid.block(lat, lon, 2)
         for box in neighbourhood:
             count += boxes.get(box, 0)
-            in_box = occupied.get(box, 0)
+            in_box = 0
+            for of_category in every:
+                in_box += of_category.get(box, 0)
             if in_box:
                 reports += in_box
                 inhabited += 1

@@ -52,7 +52,7 @@ from geoincident.detectors.report import Report
 from geoincident.detectors.surge_baseline import BUCKET_MS, Baseline, Key, KeyState
 from geoincident.detectors.surge_decisions import UPDATE, Surges
 from geoincident.detectors.surge_decisions import _Surge as _Surge  # stream/checkpoint.py
-from geoincident.detectors.surge_keys import PROMOTE_AFTER, SWEEP, KeyTracker
+from geoincident.detectors.surge_keys import PROMOTE_AFTER, SWEEP, KeyTracker, entry_of
 from geoincident.detectors.surge_keys import language_of as language_of
 from geoincident.detectors.timers import Timers
 
@@ -172,13 +172,15 @@ class SurgeDetector:
         if baseline.origin_bucket is None or bucket < baseline.origin_bucket:
             baseline.origin_bucket = bucket
         tracker = self.tracker
-        entry, key_id = tracker.entry_and_key(report)
+        key_id = tracker.key_of(report)
         key = tracker.keys.get(key_id)
         if key is None:
-            key = tracker.hold_or_promote(key_id, entry, now, sweep=True)
+            key = tracker.hold_or_promote(key_id, report, now, sweep=True)
             if key is None:
                 return events
+            entry = entry_of(report)  # counted with the reports its key held
         else:
+            entry = entry_of(report)
             # Baseline.count, inlined for the common case: in order, in the newest minute
             window = key.window
             pending = key.pending
@@ -288,9 +290,7 @@ class SurgeDetector:
                 if estimate is not None:
                     estimates += estimate
             else:
-                held = tracker.sparse.get(ident)
-                if held:
-                    count += sum(1 for entry in held if entry[0] > cutoff)
+                count += sum(1 for held in tracker.held(ident) if held.ts_ms > cutoff)
         own = sum(1 for member, _ in members if member.ts_ms > cutoff)
         seen_ms = now - baseline.origin_bucket * BUCKET_MS
         span_min = max(BUCKET_MS, min(self._window_ms, seen_ms)) / BUCKET_MS
@@ -357,7 +357,7 @@ class SurgeDetector:
             ts_ms = report.ts_ms
             if ts_ms <= oldest or ts_ms > now:
                 continue
-            entry, key_id = tracker.entry_and_key(report)
+            key_id = tracker.key_of(report)
             key = tracker.keys.get(key_id)
             if key is None:
                 if ts_ms <= now - self._window_ms:
@@ -368,12 +368,13 @@ class SurgeDetector:
                     continue
                 # a sweep is in the snapshot's timers if one was due; scheduling one here
                 # could add a timer the uninterrupted run never had
-                tracker.hold_or_promote(key_id, entry, now, sweep=False)
+                tracker.hold_or_promote(key_id, report, now, sweep=False)
             elif ts_ms <= key.since_ms:
                 continue  # it was left behind when the key was promoted, as before the stop
             elif ts_ms > now - self._window_ms:
-                key.window.append(entry)  # its minute is counted already: the window only
-                key.reporters[entry[2]] = key.reporters.get(entry[2], 0) + 1
+                # its minute is counted already: the window only
+                key.window.append(entry_of(report))
+                key.reporters[report.reporter] = key.reporters.get(report.reporter, 0) + 1
 
     # ------------------------------------------------------------------ time
 

@@ -8,7 +8,7 @@ longer matter.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from h3.api.basic_int import latlng_to_cell as _latlng_to_cell
 
@@ -33,6 +33,8 @@ EVICT_FRACTION_OF_FLOOR = 0.1
 # PROMOTE_AFTER <= min_count / min_ratio). Bounding the span by the short window keeps all
 # window state re-readable from the input after a restart (see `SurgeDetector.rebuild`).
 PROMOTE_AFTER = 3
+# What a key not tracked holds: its last reports, or the report itself when there is one.
+Held: TypeAlias = Report | tuple[Report, ...]
 UNDETERMINED_LANG = "und"
 
 
@@ -52,7 +54,12 @@ class KeyTracker:
 
     def __init__(self, params: SurgeParams, baseline: Baseline, timers: Timers) -> None:
         self.keys: dict[Key, KeyState] = {}  # changed in place only (the decisions share it)
-        self.sparse: dict[Key, list[Entry]] = {}
+        # The last reports of keys not tracked: (category, language) -> region -> reports, in
+        # the order they came (the report itself when it is the only one). Most keys of a
+        # national stream hold a single report (a district reports a category a few times a
+        # day), so a key costs no tuple of its own and a report held no entry of its own until
+        # its key is promoted.
+        self.sparse: dict[tuple[str, str], dict[int, Held]] = {}
         # sorted, so sums over languages add up in the same order in every process
         self.langs: tuple[str, ...] = ()
         self.sweep_scheduled = False
@@ -65,40 +72,47 @@ class KeyTracker:
     @property
     def held_reports(self) -> int:
         """Reports held in short windows, tracked or not."""
-        held = sum(len(entries) for entries in self.sparse.values())
+        held = sum(len(_reports(h)) for regions in self.sparse.values() for h in regions.values())
         return held + sum(len(key.window) for key in self.keys.values())
 
-    def entry_and_key(self, report: Report) -> tuple[Entry, Key]:
-        """What a key's window holds of a report, and the key: (region, category, language)."""
-        entry: Entry = (report.ts_ms, report.id, report.reporter, report.device, report.source)
-        key_id = (
+    def key_of(self, report: Report) -> Key:
+        """The key of a report: (region, category, language)."""
+        return (
             _latlng_to_cell(report.lat, report.lon, self.region_resolution),
             report.category,
             language_of(report.lang),
         )
-        return entry, key_id
+
+    def held(self, key_id: Key) -> tuple[Report, ...]:
+        """The last reports held of a key not tracked (none if it holds none)."""
+        regions = self.sparse.get((key_id[1], key_id[2]))
+        return _reports(regions.get(key_id[0])) if regions else ()
 
     def hold_or_promote(
-        self, key_id: Key, entry: Entry, now_ms: int, sweep: bool
+        self, key_id: Key, report: Report, now_ms: int, sweep: bool
     ) -> KeyState | None:
         """A report of a key not tracked yet. A (region, category, language) reporting under
         PROMOTE_AFTER per short window cannot change a decision (see PROMOTE_AFTER): it is only
         remembered as its last few reports, which join the key's window (returned) once it
         gets busier. `sweep`: schedule a sweep if none is (not while rebuilding)."""
-        ts_ms = entry[0]
-        if key_id[2] not in self.langs:
-            self.langs = tuple(sorted({*self.langs, key_id[2]}))
-        held = [e for e in self.sparse.get(key_id, ()) if e[0] > ts_ms - self.window_ms]
-        held.append(entry)
+        ts_ms = report.ts_ms
+        region, category, lang = key_id
+        if lang not in self.langs:
+            self.langs = tuple(sorted({*self.langs, lang}))
+        regions = self.sparse.get((category, lang))
+        if regions is None:
+            regions = self.sparse[(category, lang)] = {}
+        since_ms = ts_ms - self.window_ms
+        held = (*[r for r in _reports(regions.get(region)) if r.ts_ms > since_ms], report)
         if len(held) < PROMOTE_AFTER:
-            self.sparse[key_id] = held
+            regions[region] = held if len(held) > 1 else report
             if sweep:
                 self.schedule_sweep(now_ms)
             return None
-        self.sparse.pop(key_id, None)
+        regions.pop(region, None)
         key = self._key_for(key_id, ts_ms, now_ms)
         count = self.baseline.count
-        for held_entry in sorted(held):
+        for held_entry in sorted([entry_of(r) for r in held]):
             count(key, held_entry)
         return key
 
@@ -136,7 +150,16 @@ class KeyTracker:
         for key_id in doomed:
             del keys[key_id]
         horizon = now_ms - self.window_ms
-        self.sparse = {k: v for k, v in self.sparse.items() if v[-1][0] > horizon}
+        sparse = {}
+        for pair, regions in self.sparse.items():
+            kept = {
+                region: held
+                for region, held in regions.items()
+                if _reports(held)[-1].ts_ms > horizon
+            }
+            if kept:
+                sparse[pair] = kept
+        self.sparse = sparse
         if keys or self.sparse:
             self.timers.add(now_ms + SWEEP_MS, SWEEP, None, None)
         else:
@@ -149,3 +172,15 @@ class KeyTracker:
         self.sparse = {}
         self.langs = tuple(sorted({ident[2] for ident in keys}))
         self.sweep_scheduled = sweep_scheduled
+
+
+def _reports(held: Held | None) -> tuple[Report, ...]:
+    """The reports a key not tracked holds, in the order they came."""
+    if held is None:
+        return ()
+    return held if isinstance(held, tuple) else (held,)
+
+
+def entry_of(report: Report) -> Entry:
+    """What a tracked key's window holds of a report."""
+    return (report.ts_ms, report.id, report.reporter, report.device, report.source)

@@ -10,6 +10,7 @@ across the antimeridian (columns wrap) and near the poles (a row there is a sing
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from geoincident.geo.distance import EARTH_RADIUS_M
 
@@ -88,10 +89,11 @@ class DistanceGrid:
                 boxes.add(base + c % count)
         return sorted(boxes)
 
-    def gather(self, boxes: dict[int, list], lat: float, lon: float) -> list:
-        """The non-empty entries of `boxes` (box -> list) in the neighbourhood of (lat, lon),
-        concatenated: the same as probing `neighbourhood`, without building it (the hot path
-        of every report)."""
+    def gather(self, boxes: dict[int, Any], lat: float, lon: float) -> list:
+        """The entries of `boxes` in the neighbourhood of (lat, lon), concatenated: the same as
+        probing `neighbourhood`, without building it (the hot path of every report). A box
+        holds a non-empty list of items, or (where most boxes hold one, as the free reports'
+        do) a single item that is not a list."""
         row = math.floor(lat / self.lat_step)
         columns = self._columns
         shifted = lon + 180.0
@@ -103,17 +105,24 @@ class DistanceGrid:
             base = r * _ROW_SPAN
             if count >= 3:
                 bucket = get(base + col)
-                if bucket:
-                    found += bucket
+                if bucket is not None:
+                    _collect(found, bucket)
                 bucket = get(base + (col - 1 if col else count - 1))
-                if bucket:
-                    found += bucket
+                if bucket is not None:
+                    _collect(found, bucket)
                 bucket = get(base + (col + 1 if col + 1 < count else 0))
-                if bucket:
-                    found += bucket
+                if bucket is not None:
+                    _collect(found, bucket)
             else:
                 for c in range(count):
                     bucket = get(base + c)
-                    if bucket:
-                        found += bucket
+                    if bucket is not None:
+                        _collect(found, bucket)
         return found
+
+
+def _collect(found: list, bucket: Any) -> None:
+    if type(bucket) is list:
+        found += bucket
+    else:
+        found.append(bucket)

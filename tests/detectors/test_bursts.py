@@ -8,7 +8,7 @@ import random
 import pytest
 
 from geoincident.detectors import DetectorParams, Report
-from geoincident.detectors.bursts import BurstParams
+from geoincident.detectors.bursts import BurstParams, device_key
 from geoincident.detectors.reputation import ReputationParams
 from geoincident.geo import destination
 from tests.builders import SPOT, T0_MS, Driven, opened, report
@@ -228,10 +228,10 @@ def test_the_state_holds_about_a_window_of_first_reports():
 def _held(bursts) -> list[tuple]:
     """The first reports the boxes hold, as snapshot rows, sorted."""
     return sorted(
-        (category, *entry)
+        (category, r.ts_ms, r.id, r.lat, r.lon, r.reporter, device_key(r))
         for category, boxes in bursts._recent.items()
         for held in boxes.values()
-        for entry in held
+        for r in held
     )
 
 

@@ -26,6 +26,24 @@ def test_a_good_report_parses_with_its_category_and_epoch_ms():
     assert not hasattr(parsed, "extra_field")
 
 
+def test_a_report_keeps_its_fields_and_an_absent_accuracy_stays_absent():
+    given = parse_report(wire(accuracy_m=0.0, device="dev-1", lang="en"), TAXONOMY)
+    absent = parse_report(wire(id="other"), TAXONOMY)
+    assert isinstance(given, Report) and isinstance(absent, Report)
+    assert given.accuracy_m == 0.0 and absent.accuracy_m is None
+    assert (given.device, given.lang, given.halo) == ("dev-1", "en", False)
+    again = parse_report(wire(accuracy_m=0.0, device="dev-1", lang="en"), TAXONOMY)
+    assert given == again and given != absent
+    assert "accuracy_m=0.0" in repr(given) and "accuracy_m=None" in repr(absent)
+
+
+def test_reports_order_by_event_time_then_id():
+    early, late = report("b", 1.0), report("a", 2.0)
+    tied = report("c", 1.0)
+    assert sorted([late, tied, early]) == [early, tied, late]
+    assert early < tied and not tied < early
+
+
 def test_offsets_and_epoch_ms_give_the_same_instant():
     a = parse_report(wire(ts="2026-11-24T10:00:00.000+01:00"), TAXONOMY)
     b = parse_report(wire(ts=T0_MS), TAXONOMY)

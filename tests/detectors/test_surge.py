@@ -7,6 +7,7 @@ import h3
 import pytest
 
 from geoincident.detectors import Report
+from geoincident.detectors.held import FIELDS
 from geoincident.detectors.surge import SurgeDetector, SurgeParams, language_of
 from geoincident.detectors.timefmt import parse_rfc3339_ms
 from geoincident.geo import cell_of, region_polygon
@@ -422,7 +423,7 @@ def test_a_late_report_inside_the_window_counts_and_an_older_one_is_ignored():
 
 
 def _fields(report: Report) -> dict:
-    return {name: getattr(report, name) for name in report.__struct_fields__}
+    return {name: getattr(report, name) for name in FIELDS}
 
 
 def test_nothing_is_judged_before_the_warm_up():
