@@ -40,9 +40,10 @@ The first-time reports of the last `window_s` (swept every `window_s` of event t
 bursts that are on, and the running count per category: all in the checkpoint, so a restart
 in the middle of a burst neither counts it again nor forgets it. Where every reporter is new
 (a national stream) that is a minute or two of the whole stream: 1.2 million reports at
-20,000/s. So the held reports are also kept per category in the order they were processed,
-and a snapshot copies those lists (one copy of references each) and lists its rows only when
-it is encoded (`Rows`), instead of sorting them all at once (0.8 s there). The declared
+20,000/s. So the held reports are also kept per category in event-time order as they come
+(the few processed late, behind the latest of their category, in a list apart), and a
+snapshot copies those (one copy of references each) and lists its rows only when it is
+encoded (`Rows`), instead of sorting them all at once (0.8 s there). The declared
 bursts wait in `pending` (bounded) until the driver takes them for its log and metric.
 """
 
@@ -52,7 +53,6 @@ import bisect
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from geoincident.detectors.bounds import bounded, check
@@ -156,10 +156,10 @@ class NewReporterBursts:
         # category -> box -> first-time reports (the reports themselves), in (event time, id)
         # order
         self._recent: dict[str, dict[int, list[Report]]] = {}
-        # category -> the same reports in the order they were processed (for snapshots), and
-        # the categories where a late report may have left one out of event-time order
+        # category -> the same reports, for snapshots: in event-time order as they came, and
+        # apart the late ones (processed behind the latest of their category), in order too
         self._order: dict[str, deque[Report]] = {}
-        self._unordered: set[str] = set()
+        self._late: dict[str, list[Report]] = {}
         # category -> box (of `_reach`) -> bursts on
         self._bursts: dict[str, dict[int, list[_On]]] = {}
         self._sweep_ms = 0
@@ -185,12 +185,7 @@ class NewReporterBursts:
         boxes = self._recent.get(category)
         if boxes is None:
             boxes = self._recent[category] = {}
-        order = self._order.get(category)
-        if order is None:
-            order = self._order[category] = deque()
-        elif order[-1].ts_ms > ts_ms:
-            self._unordered.add(category)
-        order.append(report)
+        self._remember(category, report)
         box = self._grid.box(lat, lon)
         held = boxes.get(box)
         if held is None:
@@ -325,15 +320,11 @@ class NewReporterBursts:
                     del held[: bisect.bisect_right(held, oldest_ms, key=_ts)]
             for box in gone:
                 del boxes[box]
-        for category, order in self._order.items():
-            if category in self._unordered:  # the same reports as the boxes keep
-                kept = deque(held for held in order if held.ts_ms > oldest_ms)
-                self._order[category] = kept
-                if all(a.ts_ms <= b.ts_ms for a, b in pairwise(kept)):
-                    self._unordered.discard(category)
-            else:
-                while order and order[0].ts_ms <= oldest_ms:
-                    order.popleft()
+        for order in self._order.values():  # the same reports as the boxes keep
+            while order and order[0].ts_ms <= oldest_ms:
+                order.popleft()
+        for category, late in self._late.items():
+            self._late[category] = [held for held in late if held.ts_ms > oldest_ms]
         cooldown_ms = self._cooldown_ms
         for bursts in self._bursts.values():
             for box in list(bursts):
@@ -342,7 +333,7 @@ class NewReporterBursts:
                     bursts[box] = on
                 else:
                     del bursts[box]
-        for table in (self._recent, self._bursts, self._order):
+        for table in (self._recent, self._bursts, self._order, self._late):
             for category in [c for c, held in table.items() if not held]:
                 del table[category]
         self._sweep_ms = (now_ms // self._window_ms + 1) * self._window_ms
@@ -352,12 +343,29 @@ class NewReporterBursts:
     @property
     def state_reports(self) -> int:
         """First-time reports held."""
-        return sum(len(order) for order in self._order.values())
+        return sum(len(order) for order in self._order.values()) + sum(
+            len(late) for late in self._late.values()
+        )
+
+    def _remember(self, category: str, report: Report) -> None:
+        order = self._order.get(category)
+        if order is None:
+            self._order[category] = deque((report,))
+        elif order[-1].ts_ms <= report.ts_ms:
+            order.append(report)
+        else:  # kept apart, so that the sweep takes the oldest from the front
+            self._late.setdefault(category, []).append(report)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data (the same state gives the same bytes): `recent` lists the held reports
-        by category, in the order they were processed."""
-        recent = Rows([(category, list(self._order[category])) for category in sorted(self._order)])
+        by category, those in event-time order first, then the late ones."""
+        order, late = self._order, self._late
+        recent = Rows(
+            [
+                (category, [*order.get(category, ()), *late.get(category, ())])
+                for category in sorted(order.keys() | late.keys())
+            ]
+        )
         bursts = sorted(
             (category, b.lat, b.lon, b.declared_ms, b.last_ms)
             for category, boxes in self._bursts.items()
@@ -377,7 +385,7 @@ class NewReporterBursts:
         self.total = sum(self.counts.values())
         self._recent = {}
         self._order = {}
-        self._unordered = set()
+        self._late = {}
         for category, ts_ms, report_id, lat, lon, reporter, device in snapshot["recent"]:
             boxes = self._recent.setdefault(category, {})
             # what the bursts read of a report: its time, place, reporter and device
@@ -391,12 +399,7 @@ class NewReporterBursts:
                 device=device[2:] if device.startswith("d:") else None,
             )
             boxes.setdefault(self._grid.box(lat, lon), []).append(first)
-            order = self._order.get(category)
-            if order is None:
-                order = self._order[category] = deque()
-            elif order[-1].ts_ms > first.ts_ms:
-                self._unordered.add(category)
-            order.append(first)
+            self._remember(category, first)
         for boxes in self._recent.values():
             for held in boxes.values():
                 held.sort()

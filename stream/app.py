@@ -139,6 +139,7 @@ class Worker:
         # the checkpoint being encoded and written (at most one; the next waits for it)
         self._writing: asyncio.Task | None = None
         self._pending_writes: set[asyncio.Task] = set()
+        self._stopping = False
         self._stalls: dict[tuple[str, int], tuple[tuple[int | None, int], float]] = {}
         self._peeked: dict[tuple[str, int], float] = {}
         self._peek_ends: dict[tuple[str, int], int] = {}
@@ -634,6 +635,8 @@ class Worker:
         its compression in a thread, so a large state does not stop the event loop (at
         20,000 reports/s of a national stream a whole encode took up to 1.5 s). Returns the
         task that writes it, which runs after the one before it."""
+        if self._stopping:
+            return None
         if not force and (
             time.monotonic() - self._last_checkpoint < self._checkpoint_every
             or (self._writing is not None and not self._writing.done())
@@ -653,7 +656,11 @@ class Worker:
         self._last_checkpoint = time.monotonic()
         self._writing = task = asyncio.ensure_future(
             self._write_checkpoint(
-                encoding, self.core.checkpoint_seq, time.perf_counter() - started, self._writing
+                encoding,
+                self.core.checkpoint_seq,
+                time.perf_counter() - started,
+                self._writing,
+                faust.current_event(),
             )
         )
         self._pending_writes.add(task)
@@ -667,19 +674,28 @@ class Worker:
             await asyncio.shield(self._writing)
 
     async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:
-        """On a graceful stop, after the consumer has left the group and before the
-        producer's last flush: a checkpoint still being encoded is dropped, not written. The
-        group's next owner may be restoring already, and a write landing after its first
-        checkpoints would mix with their chunks; the offsets committed past the last written
-        checkpoint are taken in again at the next start, as after a crash."""
+        """On a graceful stop, once the consumer has stopped fetching and the tables have
+        stopped, before the producer's last flush: no checkpoint begins any more, and one
+        still being encoded is dropped, not written into stopped tables. The next start
+        takes in what was committed after the last one written, as after a crash. (An
+        action waiting for its checkpoint then ends the process without committing it; it is
+        applied at the next start.)"""
+        self._stopping = True
         for task in list(self._pending_writes):
             task.cancel()
 
     async def _write_checkpoint(
-        self, encoding: Encoding, seq: int, spent_s: float, previous: asyncio.Task | None
+        self,
+        encoding: Encoding,
+        seq: int,
+        spent_s: float,
+        previous: asyncio.Task | None,
+        event: Any,
     ) -> None:
         """Encode the rest of a checkpoint a slice at a time, compress it in a thread, and
-        write it (after the checkpoint before it)."""
+        write it (after the checkpoint before it). `event` is the event being processed when
+        it was taken: the RocksDB store files the write under its partition, and finds it
+        through a weak reference that this one keeps alive until then."""
         if previous is not None and not previous.done():
             await asyncio.shield(previous)
         longest_s = spent_s  # the longest the event loop waited for it

@@ -251,7 +251,7 @@ def test_a_snapshot_lists_exactly_the_held_reports_late_ones_included():
         bursts = driven.detector.bursts
         assert sorted(tuple(row) for row in bursts.snapshot()["recent"]) == _held(bursts)
         assert bursts.state_reports == len(_held(bursts))
-        out_of_order += bool(bursts._unordered)
+        out_of_order += bool(bursts._late)
     assert out_of_order > 0
     snapshot = bursts.snapshot()
     again = Driven()

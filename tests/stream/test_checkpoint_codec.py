@@ -578,14 +578,19 @@ def test_a_checkpoint_being_encoded_holds_the_state_of_when_it_was_taken(at_cut)
     other = Worker()  # a copy of its own (the fixture's objects are shared by other tests)
     other.core.restore(decode(encode(checkpoint)), worker.now_ms)
     encoding = Encoding(other.core.checkpoint())
-    reputation = other.core.detector.reputation
-    reporters = reputation.state_reporters
+    detector = other.core.detector
+    reporters = detector.reputation.state_reporters
     for n in range(50):
-        reputation.flagged(f"newcomer-{n}", worker.now_ms)
-    incidents = list(other.core.detector.book.incidents)
-    other.core.detector.book.incidents.clear()
+        detector.reputation.flagged(f"newcomer-{n}", worker.now_ms)
+    held = detector.bursts.state_reports
+    for n in range(3):  # first reports held by the bursts after the capture
+        detector.bursts.observe(report(f"late-first-{n}", 0.0, *SPOT, reporter=f"first-{n}"))
+    incidents = list(detector.book.incidents)
+    detector.book.incidents.clear()
     while not encoding.step():
         pass
     restored = decode(pack(encoding.body()))
     assert reporters > 0 and len(restored["detector"]["reputation"]) == reporters
+    assert held > 0 and detector.bursts.state_reports == held + 3
+    assert len(restored["detector"]["bursts"]["recent"]) == held
     assert incidents and list(restored["detector"]["incidents"]) == incidents
