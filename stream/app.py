@@ -325,8 +325,19 @@ class Worker:
     async def on_action(self, value: bytes, partition: int, offset: int) -> None:
         await self.ensure_restored()
         async with self._step:
-            out = self.core.on_action(value, partition, offset, now_ms())
-            await self.produce(out)
+            records = [(offset, value, 0)]
+            topic = self.settings.topics.actions
+            expected = self.core.action_offsets.get(partition)
+            if expected is None:  # none applied yet: the group's commit is where to start
+                expected = (await self.committed_offsets(topic, [partition])).get(partition, 0)
+            if offset > expected:
+                # Offsets the group skipped: Faust can drop a batch it delivered right after a
+                # seek (a restart) and move on. Skipped, those actions would never take effect
+                # (one delivered later is below the next offset, so taken as applied): they
+                # are read here and applied first, in order (seen in the test suite).
+                records = await self._fill_gap(topic, partition, expected, records)
+            for at, action, _ in records:
+                await self.produce(self.core.on_action(action, partition, at, now_ms()))
             written = self.begin_checkpoint(force=True)
         # an action is checkpointed before its offset can be committed (applied once); the
         # reports go on meanwhile
@@ -430,9 +441,9 @@ class Worker:
                 highwater = consumer.highwater(TP(tp.topic, tp.partition))
                 end = max(highwater or 0, await self._position(consumer, tp))
             else:
-                # Not in the consumer's assignment although this process alone owns it (seen
-                # with Faust after a restart: its subscription lost the actions topic, and
-                # the actions waited for ever): what is there, by a look at the partition.
+                # Not in the consumer's assignment although this process alone owns it (a
+                # safeguard: nothing waits on an actions partition the consumer lets go of):
+                # what is there, by a look at the partition.
                 end = await self._peek_end(tp.topic, tp.partition, expected, now)
             if (expected if expected is not None else 0) >= end:
                 self._stalls.pop(key, None)

@@ -243,8 +243,7 @@ def test_a_slow_checkpoint_spaces_out_the_next_ones():
 def test_an_actions_partition_missing_from_the_assignment_is_read_while_alone(
     tmp_path, monkeypatch
 ):
-    """Seen with Faust after a restart: its subscription lost the actions topic and the
-    actions waited for ever. The only process of its group owns every actions partition:
+    """A safeguard: the only process of its group owns every actions partition, so
     one the consumer does not hold is looked at directly and what is there is applied, once;
     Faust's commit bookkeeping is left alone (the checkpoint holds the offsets applied)."""
 
@@ -397,3 +396,28 @@ def test_a_checkpoint_written_after_its_step_is_filed_under_that_steps_event(tmp
 
     found = asyncio.run(scenario())
     assert found and all(isinstance(event, Event) for event in found)
+
+
+def test_actions_the_group_skipped_are_read_and_applied_in_order(tmp_path):
+    """Faust can drop a batch of actions it delivered right after a seek and deliver the next
+    one: the skipped actions are read from the topic and applied first, in order, each once
+    (before, they were never applied: a later offset moved the next offset past them)."""
+
+    async def scenario() -> tuple[list, list]:
+        worker = Worker(load_settings(overrides={"worker.data_dir": str(tmp_path)}))
+        worker.state = {}
+        actions = [
+            (offset, orjson.dumps({"action": "ack", "incident_id": "inc-none", "by": "d"}), 0)
+            for offset in range(9)
+        ]
+        reads, refused = _actions_read_directly(worker, actions)
+        await worker.ensure_restored()
+        for offset, value, _ in [*actions[:4], actions[8], *actions[4:8]]:  # 4..7 come late
+            await worker.on_action(value, 0, offset)
+        return reads, refused
+
+    reads, refused = asyncio.run(scenario())
+    topic = load_settings().topics.actions
+    assert reads == [(topic, 0, 4, 8)]
+    # each answered once (an unknown incident: the actions DLQ), in offset order
+    assert [orjson.loads(r)["offset"] for r in refused] == list(range(9))
