@@ -39,7 +39,7 @@ State
 The first-time reports of the last `window_s` (swept every `window_s` of event time), the
 bursts that are on, and the running count per category: all in the checkpoint, so a restart
 in the middle of a burst neither counts it again nor forgets it. Where every reporter is new
-(a national stream) that is a minute or two of the whole stream: 1.2 million reports at
+(a national stream) that is a minute or two of the whole stream: over a million reports at
 20,000/s. So the held reports are also kept per category in event-time order as they come
 (the few processed late, behind the latest of their category, in a list apart), and a
 snapshot copies those (one copy of references each) and lists its rows only when it is
