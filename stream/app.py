@@ -330,12 +330,11 @@ class Worker:
             expected = self.core.action_offsets.get(partition)
             if expected is None:  # none applied yet: the group's commit is where to start
                 expected = (await self.committed_offsets(topic, [partition])).get(partition, 0)
-            if offset > expected:
-                # Offsets the group skipped: Faust can drop a batch it delivered right after a
-                # seek (a restart) and move on. Skipped, those actions would never take effect
-                # (one delivered later is below the next offset, so taken as applied): they
-                # are read here and applied first, in order (seen in the test suite).
-                records = await self._fill_gap(topic, partition, expected, records)
+            # Offsets the group skipped (Faust can drop a batch it delivered right after a
+            # seek, a restart, and move on) are read and applied first, in order: skipped,
+            # they would never take effect, the later offset having moved the next one past
+            # them (seen in the test suite). One below the next offset was applied already.
+            records = await self._starting_at(topic, partition, expected, records)
             for at, action, _ in records:
                 await self.produce(self.core.on_action(action, partition, at, now_ms()))
             written = self.begin_checkpoint(force=True)
