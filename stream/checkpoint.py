@@ -343,21 +343,21 @@ class Encoding:
             return
         head, _, rest = whole.partition(first)
         middle, _, tail = rest.partition(second)
-        self._pieces: list[bytes] = [head, _map_header(len(reputation))]
-        # (entries left, their container, its header, what follows the part in the body)
-        self._todo: list[tuple[Iterator, type, Callable[[int], bytes], bytes]] = [
-            (iter(reputation.items()), dict, _map_header, middle + _array_header(len(recent))),
-            (iter(recent), list, _array_header, tail),
+        self._pieces: list[bytes] = [head, _header(dict, len(reputation))]
+        # (entries left, their container, what follows the part in the body)
+        self._todo: list[tuple[Iterator, type, bytes]] = [
+            (iter(reputation.items()), dict, middle + _header(list, len(recent))),
+            (iter(recent), list, tail),
         ]
 
     def step(self) -> bool:
         """Encode the next slice of entries; True once the body is complete."""
         if self._body is not None:
             return True
-        items, container, header, after = self._todo[0]
+        items, container, after = self._todo[0]
         part = container(islice(items, REPUTATION_SLICE))
         if part:
-            self._pieces.append(_encoder.encode(part)[len(header(len(part))) :])
+            self._pieces.append(_encoder.encode(part)[len(_header(container, len(part))) :])
         if len(part) < REPUTATION_SLICE:  # this part is done: what follows it, then the next
             self._pieces.append(after)
             del self._todo[0]
@@ -373,23 +373,22 @@ class Encoding:
         return self._body
 
 
-def _map_header(size: int) -> bytes:
-    """The msgpack header of a map of `size` entries, in its shortest form (as msgspec writes
-    it)."""
-    if size < 16:
-        return bytes([0x80 | size])
-    if size < 1 << 16:
-        return b"\xde" + size.to_bytes(2, "big")
-    return b"\xdf" + size.to_bytes(4, "big")
+# msgpack's header codes for a map and an array: up to 15 entries, up to 65,535, more
+_HEADER_CODES: dict[type, tuple[int, bytes, bytes]] = {
+    dict: (0x80, b"\xde", b"\xdf"),
+    list: (0x90, b"\xdc", b"\xdd"),
+}
 
 
-def _array_header(size: int) -> bytes:
-    """The same for an array."""
+def _header(container: type, size: int) -> bytes:
+    """The msgpack header of a map (dict) or an array (list) of `size` entries, in its
+    shortest form (as msgspec writes it)."""
+    fix, short, long = _HEADER_CODES[container]
     if size < 16:
-        return bytes([0x90 | size])
+        return bytes([fix | size])
     if size < 1 << 16:
-        return b"\xdc" + size.to_bytes(2, "big")
-    return b"\xdd" + size.to_bytes(4, "big")
+        return short + size.to_bytes(2, "big")
+    return long + size.to_bytes(4, "big")
 
 
 def _fields(
