@@ -57,6 +57,7 @@ from msgspec.structs import replace
 
 from geoincident.detectors.independence import Independence
 from geoincident.detectors.lifecycle import INCIDENT_ATTRIBUTES, Incident, MemberRecord
+from geoincident.detectors.reputation import Standing
 from geoincident.detectors.surge import _Surge
 from geoincident.geo.distance import WeightedCentroid
 
@@ -282,7 +283,14 @@ class Checkpoint(_Base, tag="geoincident.checkpoint"):
     source_actions: dict[int, int] = {}
 
 
-_encoder = msgspec.msgpack.Encoder()
+def _plain(value: object) -> object:
+    """What msgspec cannot encode itself: a reporter's Standing, as its 4-tuple."""
+    if isinstance(value, Standing):
+        return value.plain()
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=_plain)
 _decoder = msgspec.msgpack.Decoder(Checkpoint)
 
 

@@ -183,6 +183,13 @@ class WorkerMetrics:
             "(as of the last sweep, every 10 minutes of event time).",
             registry=registry,
         )
+        self.reporters_evicted_total = Counter(
+            "geoincident_reporters_evicted_total",
+            "Reporters forgotten before their history faded, to hold at most "
+            "[reputation] max_reporters.",
+            registry=registry,
+        )
+        self._reporters_evicted_seen = 0
         self.reporter_weight_mean = Gauge(
             "geoincident_reporter_weight_mean",
             "Mean reputation multiplier of the reporters tracked (as of the last sweep).",
@@ -343,6 +350,10 @@ class WorkerMetrics:
             self.reporters_tracked.set(reputation["reporters"])
             self.reporters_low_weight.set(reputation["below_half"])
             self.reporter_weight_mean.set(reputation["mean_multiplier"])
+            evicted = reputation.get("evicted", 0)
+            if evicted > self._reporters_evicted_seen:
+                self.reporters_evicted_total.inc(evicted - self._reporters_evicted_seen)
+            self._reporters_evicted_seen = evicted
         if active_cells is not None:
             self.active_cells.set(active_cells)
         if state_reports is not None:

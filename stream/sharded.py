@@ -494,6 +494,7 @@ class ShardedWorker(Worker):
             reputation = {
                 "reporters": held,
                 "below_half": sum(s["below_half"] for s in summaries),
+                "evicted": sum(s["evicted"] for s in summaries),
                 "mean_multiplier": (
                     sum(s["mean_multiplier"] * s["reporters"] for s in summaries) / held
                     if held

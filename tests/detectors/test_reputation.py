@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geoincident.detectors.reputation import DAY_MS, Reputation, ReputationParams
+from geoincident.detectors.reputation import (
+    DAY_MS,
+    FILE_PERIOD_MS,
+    Reputation,
+    ReputationParams,
+    Standing,
+)
 
 T0_MS = 1_700_000_000_000
 HOUR_MS = 3_600_000
@@ -19,6 +25,11 @@ HALF_LIFE_MS = 30 * DAY_MS  # the default
 
 def fresh(**params: Any) -> Reputation:
     return Reputation(ReputationParams(**params))
+
+
+def encoded(snapshot: dict[str, Standing]) -> bytes:
+    """A snapshot as msgpack, each Standing as its 4-tuple (as the checkpoint writes it)."""
+    return msgspec.msgpack.encode({reporter: s.plain() for reporter, s in snapshot.items()})
 
 
 def test_new_reporters_start_at_the_prior():
@@ -228,7 +239,7 @@ def _busy(rep: Reputation) -> None:
 def test_snapshot_restore_through_msgpack_gives_identical_multipliers():
     rep = fresh(half_life_days=3.0)
     _busy(rep)
-    blob = msgspec.msgpack.encode(rep.snapshot())  # plain data only, or this raises
+    blob = encoded(rep.snapshot())  # plain data only, or this raises
     restored = fresh(half_life_days=3.0)
     restored.restore(msgspec.msgpack.decode(blob))
     assert restored.state_reporters == rep.state_reporters == 40
@@ -243,7 +254,7 @@ def test_snapshot_restore_through_msgpack_gives_identical_multipliers():
         r.flagged("r3", end + DAY_MS)
         r.corroborated("r4", end + DAY_MS)
     assert restored.snapshot() == rep.snapshot()
-    assert msgspec.msgpack.encode(restored.snapshot()) == msgspec.msgpack.encode(rep.snapshot())
+    assert encoded(restored.snapshot()) == encoded(rep.snapshot())
 
 
 def test_restore_refuses_a_malformed_snapshot():
@@ -397,9 +408,9 @@ def test_through_the_detector_a_weight_never_exceeds_the_source_weight():
     assert 0.2 * 5.0 <= dispatcher.weight(probe) < 5.0
 
 
-def _faded(rep: Reputation, entry: tuple, now_ms: int) -> bool:
+def _faded(rep: Reputation, entry: Standing, now_ms: int) -> bool:
     """The forgetting rule, applied to one reporter directly (a pass over all of them)."""
-    c, u, f, at_ms = entry
+    c, u, f, at_ms = entry.plain()
     penalty = u + rep.params.flag_cost * f
     if now_ms > at_ms:
         d = math.exp2((at_ms - now_ms) * (1.0 / rep.params.half_life_ms))
@@ -445,3 +456,77 @@ def test_a_sweep_drops_exactly_the_reporters_a_pass_over_all_of_them_would(event
         expected = {r for r, e in before.items() if _faded(rep, e, T0_MS + sweep)}
         assert rep.forget(T0_MS + sweep) == len(expected)
         assert set(before) - set(rep.snapshot()) == expected
+
+
+# -- the bound on reporters held (max_reporters) ------------------------------------------------
+
+
+def test_max_reporters_bounds_the_reporters_held():
+    rep = fresh(max_reporters=100)
+    for n in range(1_000):
+        rep.uncorroborated(f"r{n}", T0_MS + n * 1_000)
+        assert rep.state_reporters <= 100
+    assert rep.state_reporters == 100
+    assert rep.evicted == 900
+    assert rep.summary()["evicted"] == 900
+    # one free report each: those whose history fades soonest are the oldest, to within the
+    # filing period (10 minutes of event time): none kept is older than one forgotten by more
+    kept = {int(r[1:]) * 1_000 for r in rep.snapshot()}
+    forgotten = set(range(0, 1_000_000, 1_000)) - kept
+    assert max(forgotten) - min(kept) < FILE_PERIOD_MS
+    assert min(kept) > 0
+
+
+def test_the_reporters_with_the_least_evidence_go_first():
+    rep = fresh(max_reporters=3)
+    for _ in range(20):
+        rep.uncorroborated("spammer", T0_MS)  # the floor: kept longest
+    rep.flagged("flagged", T0_MS)  # three reports' worth
+    rep.uncorroborated("once", T0_MS)  # one report's worth: fades first
+    rep.uncorroborated("newcomer", T0_MS + HOUR_MS)
+    assert set(rep.snapshot()) == {"spammer", "flagged", "newcomer"}
+    assert rep.multiplier("once", T0_MS + HOUR_MS) == 1.0  # back at the prior
+    assert rep.multiplier("spammer", T0_MS + HOUR_MS) == 0.2
+
+
+def test_a_reporter_filed_early_whose_later_events_make_them_fade_later_is_kept():
+    rep = fresh(max_reporters=2)
+    rep.uncorroborated("active", T0_MS)  # filed as one report at T0: fades first as filed
+    rep.uncorroborated("quiet", T0_MS + HOUR_MS)
+    for day in range(1, 11):  # ten more free reports: fades long after "quiet"
+        rep.uncorroborated("active", T0_MS + day * DAY_MS)
+    rep.uncorroborated("third", T0_MS + 20 * DAY_MS)
+    assert set(rep.snapshot()) == {"active", "third"}
+    assert rep.evicted == 1
+
+
+def test_no_bound_with_zero_and_none_evicted_below_the_bound():
+    unbounded = fresh(max_reporters=0)
+    bounded_rep = fresh(max_reporters=1_000)
+    for n in range(1_000):
+        unbounded.uncorroborated(f"r{n}", T0_MS + n)
+        bounded_rep.uncorroborated(f"r{n}", T0_MS + n)
+    assert unbounded.state_reporters == bounded_rep.state_reporters == 1_000
+    assert unbounded.evicted == bounded_rep.evicted == 0
+    assert unbounded.snapshot() == bounded_rep.snapshot()
+
+
+def test_a_restore_under_a_lower_bound_keeps_the_reporters_a_live_bound_would():
+    saved = fresh(max_reporters=0)
+    for n in range(50):
+        for _ in range(n % 5 + 1):
+            saved.uncorroborated(f"r{n}", T0_MS + n * HOUR_MS)
+    restored = fresh(max_reporters=20)
+    restored.restore(msgspec.msgpack.decode(encoded(saved.snapshot())))
+    assert restored.state_reporters == 20
+    assert restored.evicted == 30
+    # those kept have the most evidence (4 or 5 free reports), never a lighter one over them
+    kept = restored.snapshot()
+    lightest_kept = min(s.u for s in kept.values())
+    assert all(s.u <= lightest_kept + 1e-9 for r, s in saved.snapshot().items() if r not in kept)
+    assert lightest_kept > 3.0
+
+
+def test_max_reporters_is_a_config_key_refusing_a_negative_value():
+    with pytest.raises(ValueError, match="max_reporters"):
+        ReputationParams(max_reporters=-1)

@@ -282,6 +282,7 @@ BAD_VALUES = [
     ("reputation.floor", 0),
     ("reputation.floor", 1.5),
     ("reputation.flag_cost", 0.5),
+    ("reputation.max_reporters", -1),
     ("surge.region_resolution", -1),
     ("surge.region_resolution", 16),
     ("surge.short_window_s", 0),
