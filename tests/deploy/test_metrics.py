@@ -53,6 +53,7 @@ def test_contract_metrics_exist_with_their_types() -> None:
     assert found["geoincident_reporters_tracked"] == "gauge"
     assert found["geoincident_reporters_low_weight"] == "gauge"
     assert found["geoincident_reporter_weight_mean"] == "gauge"
+    assert found["geoincident_reporters_evicted"] == "counter"
     assert found["geoincident_consumer_lag"] == "gauge"
     assert found["geoincident_build_info"] == "gauge"
     assert found["geoincident_broker_up"] == "gauge"
@@ -229,3 +230,14 @@ def test_reputation_gauges_show_the_detectors_summary() -> None:
     assert value(metrics, "geoincident_reporters_tracked") == 12
     assert value(metrics, "geoincident_reporters_low_weight") == 3
     assert value(metrics, "geoincident_reporter_weight_mean") == 0.9
+
+
+def test_reporters_evicted_count_what_the_detector_forgot_since_the_worker_started() -> None:
+    metrics = WorkerMetrics(categories=CATEGORIES)
+    summary = {"reporters": 10, "below_half": 0, "at_floor": 0, "mean_multiplier": 1.0}
+    metrics.set_state(reputation={**summary, "evicted": 0})
+    assert value(metrics, "geoincident_reporters_evicted_total") == 0
+    metrics.set_state(reputation={**summary, "evicted": 7})
+    metrics.set_state(reputation={**summary, "evicted": 7})
+    metrics.set_state(reputation={**summary, "evicted": 12})
+    assert value(metrics, "geoincident_reporters_evicted_total") == 12
