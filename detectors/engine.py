@@ -212,7 +212,7 @@ class Detector:
             "first_ms": self.chance.first_ms,
             "chance_groups": self.grouping.chance_groups,
             "surge": self.surge.snapshot(),
-            "reputation": self.reputation.snapshot(),
+            "reputation": self.reputation.rows(),
             "reputation_sweep_ms": self._reputation_sweep_ms,
             "bursts": self.bursts.snapshot(),
         }

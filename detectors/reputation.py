@@ -96,7 +96,7 @@ reads none pays nothing for them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from math import exp2, isfinite, log2
@@ -140,6 +140,33 @@ class Standing:
 
     def __repr__(self) -> str:
         return f"Standing{self.plain()!r}"
+
+
+class Rows:
+    """The reporters held and their Standings, as two lists taken together: a snapshot (a
+    Standing is never changed) at 16 bytes a reporter, where a copy of the dict costs some 50,
+    and the checkpoint takes one every few seconds. Read like the dict it was taken from:
+    `len`, iteration over the reporters, `items()`."""
+
+    __slots__ = ("reporters", "standings")
+
+    def __init__(self, reporters: list[str], standings: list[Standing]) -> None:
+        self.reporters = reporters
+        self.standings = standings
+
+    def __len__(self) -> int:
+        return len(self.reporters)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.reporters)
+
+    def items(self) -> Iterator[tuple[str, Standing]]:
+        return zip(self.reporters, self.standings, strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Rows):
+            return NotImplemented
+        return dict(self.items()) == dict(other.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +457,12 @@ class Reputation:
         while disabled, so turning reputation off and on again loses no history."""
         return dict(self._state)
 
-    def restore(self, snapshot: Mapping[str, Any]) -> None:
+    def rows(self) -> Rows:
+        """The same as `snapshot()`, lighter: what the checkpoint takes (see `Rows`)."""
+        state = self._state
+        return Rows(list(state), list(state.values()))
+
+    def restore(self, snapshot: Mapping[str, Any] | Rows) -> None:
         """Start from a snapshot (Standings, 4-tuples, or the lists a msgpack decode gives
         back)."""
         state: dict[str, Standing] = {}

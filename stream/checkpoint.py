@@ -313,18 +313,41 @@ def pack(body: bytes) -> bytes:
     return _HEADER + zlib.compress(body, _ZLIB_LEVEL)
 
 
+class Packing:
+    """A blob compressed a part at a time, as an `Encoding` gives the parts of its body
+    (`Encoding.take()`): the body is never held whole, only the compressed blob grows.
+    `add` may run in a thread (zlib lets go of the interpreter), one call at a time."""
+
+    __slots__ = ("_compressor", "_parts")
+
+    def __init__(self) -> None:
+        self._compressor = zlib.compressobj(_ZLIB_LEVEL)
+        self._parts: list[bytes] = [_HEADER]
+
+    def add(self, pieces: list[bytes]) -> None:
+        compress = self._compressor.compress
+        self._parts.extend(compress(piece) for piece in pieces)
+
+    def blob(self) -> bytes:
+        """The blob, once every part was added; decodes as `pack(body)` does."""
+        self._parts.append(self._compressor.flush())
+        return b"".join(self._parts)
+
+
 # entries (reporters, held first reports) encoded per `Encoding.step()`: about 4 ms each
 REPUTATION_SLICE = 20_000
 
 
 class Encoding:
     """A checkpoint being encoded to msgpack. Making it captures the state: everything is
-    encoded then but the two parts that grow with the stream, the reputation (a copy the live
-    state no longer touches) and the bursts' held first reports (lists copied when the
-    snapshot was taken, `detectors.bursts.Rows`); those are encoded `REPUTATION_SLICE` entries
-    per `step()` and spliced in where markers held their places."""
+    encoded then but the two parts that grow with the stream, the reputation (lists of the
+    reporters and of their Standings, which are never changed, `detectors.reputation.Rows`)
+    and the bursts' held first reports (lists copied when the snapshot was taken,
+    `detectors.bursts.Rows`); those are encoded `REPUTATION_SLICE` entries per `step()` and
+    spliced in where markers held their places. `take()` hands the body over as it is made
+    (the worker compresses it so, `Packing`); `body()` gives it whole."""
 
-    __slots__ = ("_pieces", "_todo", "_body")
+    __slots__ = ("_pieces", "_todo", "_done", "_taken")
 
     def __init__(self, checkpoint: dict) -> None:
         try:
@@ -343,11 +366,15 @@ class Encoding:
             bursts=replace(detector.bursts, recent=msgspec.Raw(second)),
         )
         whole = _encoder.encode(replace(state, detector=placed))
-        self._body: bytes | None = None
+        self._done = False
+        self._taken = False
         if whole.count(first) != 1 or whole.count(second) != 1 or first == second:
             # sixteen random bytes met elsewhere: encode it whole
             listed = replace(detector.bursts, recent=list(recent))
-            self._body = _encoder.encode(replace(state, detector=replace(detector, bursts=listed)))
+            whole_detector = replace(detector, reputation=dict(reputation.items()), bursts=listed)
+            self._pieces = [_encoder.encode(replace(state, detector=whole_detector))]
+            self._todo = []
+            self._done = True
             return
         head, _, rest = whole.partition(first)
         middle, _, tail = rest.partition(second)
@@ -360,7 +387,7 @@ class Encoding:
 
     def step(self) -> bool:
         """Encode the next slice of entries; True once the body is complete."""
-        if self._body is not None:
+        if self._done:
             return True
         items, container, after = self._todo[0]
         part = container(islice(items, REPUTATION_SLICE))
@@ -370,15 +397,26 @@ class Encoding:
             self._pieces.append(after)
             del self._todo[0]
             if not self._todo:
-                self._body = b"".join(self._pieces)
+                self._done = True
                 return True
         return False
 
+    def take(self) -> list[bytes]:
+        """The parts of the body encoded since the last call, in order (the whole body, once
+        `step()` returned True and every part was taken); then `body()` is no longer there."""
+        self._taken = True
+        pieces, self._pieces = self._pieces, []
+        return pieces
+
     def body(self) -> bytes:
-        """The msgpack body, once `step()` returned True."""
-        if self._body is None:
+        """The msgpack body, once `step()` returned True (and nothing was taken)."""
+        if self._taken:
+            raise RuntimeError("the body was taken a part at a time (take())")
+        if not self._done:
             raise RuntimeError("the checkpoint is not encoded yet: step() until it returns True")
-        return self._body
+        if len(self._pieces) > 1:
+            self._pieces = [b"".join(self._pieces)]
+        return self._pieces[0]
 
 
 # msgpack's header codes for a map and an array: up to 15 entries, up to 65,535, more

@@ -530,3 +530,19 @@ def test_a_restore_under_a_lower_bound_keeps_the_reporters_a_live_bound_would():
 def test_max_reporters_is_a_config_key_refusing_a_negative_value():
     with pytest.raises(ValueError, match="max_reporters"):
         ReputationParams(max_reporters=-1)
+
+
+def test_rows_are_the_snapshot_and_later_events_do_not_reach_them():
+    rep = fresh()
+    for n in range(10):
+        rep.uncorroborated(f"r{n}", T0_MS + n)
+    rows = rep.rows()
+    snapshot = rep.snapshot()
+    for n in range(5, 15):  # changes, and new reporters, after the rows were taken
+        rep.flagged(f"r{n}", T0_MS + 100 + n)
+    assert len(rows) == 10 and set(rows) == set(snapshot)
+    assert dict(rows.items()) == snapshot
+    assert dict(rows.items()) != rep.snapshot()
+    again = fresh()
+    again.restore(rows)
+    assert again.snapshot() == snapshot

@@ -560,14 +560,17 @@ def test_a_checkpoint_is_encoded_whole_if_a_marker_would_be_ambiguous(at_cut, mo
 
 
 def _encoded_whole(checkpoint: dict) -> bytes:
-    """The msgpack body of one encode of the whole state (the held reports listed)."""
+    """The msgpack body of one encode of the whole state (the held reports listed, the
+    reputation as a dict)."""
     from msgspec.structs import replace
 
     from geoincident.stream import checkpoint as codec
 
     state = codec._checkpoint_state(checkpoint)
     bursts = replace(state.detector.bursts, recent=list(state.detector.bursts.recent))
-    return codec._encoder.encode(replace(state, detector=replace(state.detector, bursts=bursts)))
+    reputation = dict(state.detector.reputation.items())
+    detector = replace(state.detector, bursts=bursts, reputation=reputation)
+    return codec._encoder.encode(replace(state, detector=detector))
 
 
 def test_a_checkpoint_being_encoded_holds_the_state_of_when_it_was_taken(at_cut):
@@ -594,3 +597,30 @@ def test_a_checkpoint_being_encoded_holds_the_state_of_when_it_was_taken(at_cut)
     assert held > 0 and detector.bursts.state_reports == held + 3
     assert len(restored["detector"]["bursts"]["recent"]) == held
     assert incidents and list(restored["detector"]["incidents"]) == incidents
+
+
+def test_a_checkpoint_compressed_a_part_at_a_time_decodes_to_the_same_state(at_cut, monkeypatch):
+    """The worker's way (stream/app.py `_write_checkpoint`): the body's parts are taken as they
+    are encoded and compressed one after another, and the body is never joined. The blob
+    is the header and the body compressed, and the parts taken are the body, in order."""
+    from geoincident.stream import checkpoint as codec
+
+    _, checkpoint = at_cut
+    monkeypatch.setattr(codec, "REPUTATION_SLICE", 5)
+    whole = _encoded_whole(checkpoint)
+    encoding, packing, taken = codec.Encoding(checkpoint), codec.Packing(), []
+    while True:
+        done = encoding.step()
+        parts = encoding.take()
+        taken += parts
+        packing.add(parts)
+        if done:
+            break
+    assert len(taken) > 3
+    assert b"".join(taken) == whole
+    blob = packing.blob()
+    assert blob.startswith(codec._HEADER)
+    assert zlib.decompress(blob[len(codec._HEADER) :]) == whole
+    assert decode(blob)["detector"].keys() == decode(encode(checkpoint))["detector"].keys()
+    with pytest.raises(RuntimeError, match="taken"):
+        encoding.body()
