@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,7 @@ class RssRun:
     sent: int = 0
     sent_rate: float = 0.0
     processed: int = 0
+    reputation: dict[str, float] = field(default_factory=dict)
     failed: str = ""
 
     def measured(self) -> list[Sample]:
@@ -72,6 +74,26 @@ def rss_mib(pid: int) -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def reputation_figures(port: int) -> dict[str, float]:
+    """Reporters tracked and evicted, from the worker's /metrics ({} if unreachable)."""
+    names = {
+        "geoincident_reporters_tracked": "tracked",
+        "geoincident_reporters_evicted_total": "evicted",
+    }
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return {}
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            found[names[name]] = float(value)
+    return found
 
 
 def default_warmup_s() -> float:
@@ -137,6 +159,7 @@ def run(args: argparse.Namespace, bench: bench_worker.Bench) -> RssRun:
             time.sleep(1.0)
             done = bench_worker.processed(port) or 0
         result.processed = done
+        result.reputation = reputation_figures(port)
         if done < result.sent:
             raise RuntimeError(
                 f"the worker processed {done:,} of {result.sent:,} reports:\n"
@@ -158,10 +181,17 @@ def section(args: argparse.Namespace, result: RssRun) -> str:
         "",
         f"`python benchmarks/rss.py --load {args.load} --minutes {args.minutes:g}"
         + ("" if args.warmup_minutes is None else f" --warmup-minutes {args.warmup_minutes:g}")
+        + ("" if args.max_reporters is None else f" --max-reporters {args.max_reporters}")
         + "` "
         f"({time.strftime('%Y-%m-%d')}; {bench_worker.machine_line()}).",
         "",
-        f"One `geoincident worker` with its default settings on an embedded Tansu, "
+        "One `geoincident worker` with its default settings"
+        + (
+            ""
+            if args.max_reporters is None
+            else f" (but `[reputation] max_reporters = {args.max_reporters:,}`)"
+        )
+        + " on an embedded Tansu, "
         f"{args.partitions} partitions, fed the detection-latency stream (a national "
         f"background plus a planted cluster every {1 / CLUSTERS_PER_S:.0f} s, sent in one "
         f"record batch per partition every {TICK_S:g} s) at "
@@ -195,7 +225,14 @@ def section(args: argparse.Namespace, result: RssRun) -> str:
         f"of them ({result.processed:,}), keeping up throughout. RSS went from "
         f"{first.rss_mib:.0f} MiB at the start of "
         f"the measurement to {last.rss_mib:.0f} MiB at its end "
-        f"({(last.rss_mib - first.rss_mib) / first.rss_mib * 100.0:+.1f} %).",
+        f"({(last.rss_mib - first.rss_mib) / first.rss_mib * 100.0:+.1f} %)."
+        + (
+            f" At the end the reputation held {result.reputation['tracked']:,.0f} reporters "
+            f"and had forgotten {result.reputation.get('evicted', 0):,.0f} early "
+            "(`max_reporters`)."
+            if "tracked" in result.reputation
+            else ""
+        ),
         "",
         "RSS every minute (MiB): "
         + ", ".join(f"{s.rss_mib:.0f}" for i, s in enumerate(result.samples) if i % 6 == 5)
@@ -215,6 +252,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="before measuring (default: the longest window + the lateness bound + 1 min)",
     )
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--max-reporters",
+        type=int,
+        default=None,
+        help="the worker's [reputation] max_reporters (default: the config's default)",
+    )
     parser.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
     if args.load < 1 or args.minutes <= 0:
