@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 
 from geoincident.detectors.bounds import bounded, check
-from geoincident.geo.grid import DistanceGrid
+from geoincident.geo.grid import BoxCounts, DistanceGrid
 
 MINUTES_PER_DAY = 1440.0
 # A rate is never estimated over less than this much event time: one minute of history is
@@ -128,28 +128,21 @@ class Background:
 
     def __init__(self, neighbourhood_m: float) -> None:
         self.grid = DistanceGrid(neighbourhood_m / 2.0)
-        # category -> box -> reports (the reports of any category in a box are their sum: a
+        # category -> reports by box (the reports of any category in a box are their sum: a
         # table of its own would cost every free report a second entry)
-        self._boxes: dict[str, dict[int, int]] = {}
+        self._boxes: dict[str, BoxCounts] = {}
         self._totals: dict[str, int] = {}
         self._area_cache: dict[int, float] = {}
 
     def add(self, category: str, lat: float, lon: float) -> None:
         boxes = self._boxes.get(category)
         if boxes is None:
-            boxes = self._boxes[category] = {}
-        box = self.grid.box(lat, lon)
-        boxes[box] = boxes.get(box, 0) + 1
+            boxes = self._boxes[category] = BoxCounts(self.grid)
+        boxes.add(self.grid.box(lat, lon))
         self._totals[category] = self._totals.get(category, 0) + 1
 
     def remove(self, category: str, lat: float, lon: float) -> None:
-        boxes = self._boxes[category]
-        box = self.grid.box(lat, lon)
-        left = boxes[box] - 1
-        if left:
-            boxes[box] = left
-        else:
-            del boxes[box]
+        self._boxes[category].remove(self.grid.box(lat, lon))
         self._totals[category] -= 1
 
     def total(self, category: str) -> int:
@@ -159,17 +152,20 @@ class Background:
         """(reports of the category in the 5 x 5 boxes around the point, the area in km² of
         the boxes people report from there). `own` reports of the total are the group being
         judged: they occupy boxes but are not evidence of where the background lives."""
-        boxes = self._boxes.get(category) or {}
+        boxes = self._boxes.get(category)
         every = list(self._boxes.values())
         count = 0
         reports = 0
         inhabited = 0
         neighbourhood = self.grid.block(lat, lon, 2)
         for box in neighbourhood:
-            count += boxes.get(box, 0)
             in_box = 0
             for of_category in every:
-                in_box += of_category.get(box, 0)
+                found = of_category.get(box)
+                if found:
+                    in_box += found
+                    if of_category is boxes:
+                        count += found
             if in_box:
                 reports += in_box
                 inhabited += 1

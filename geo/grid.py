@@ -10,12 +10,15 @@ across the antimeridian (columns wrap) and near the poles (a row there is a sing
 from __future__ import annotations
 
 import math
-from typing import Any
+from array import array
+from typing import Any, Final
 
 from geoincident.geo.distance import EARTH_RADIUS_M
 
 _SLACK = 1.001  # over the exact bounds, against rounding at the edges
 _ROW_SPAN = 1 << 24  # more than any row's column count: box = row * _ROW_SPAN + column
+_ROW_SHIFT: Final = 24
+_COLUMN_MASK: Final = (1 << 24) - 1
 
 
 class DistanceGrid:
@@ -126,3 +129,139 @@ def _collect(found: list, bucket: Any) -> None:
         found += bucket
     else:
         found.append(bucket)
+
+
+# Odd multipliers spreading a box's row and column over the slots of a `BoxCounts` (the low
+# bits of their sum: boxes next to each other, in a row or a column, land apart). Under 2**30,
+# as the row bits taken are, so the compiled code multiplies machine integers.
+_MIX_ROW: Final = 0x27D4EB2F
+_MIX_COLUMN: Final = 0x165667B1
+_ROW_BITS: Final = (1 << 26) - 1
+_LEAST_SLOTS: Final = 8
+# A slot holds box << count bits | count, in a machine integer below this in magnitude (a small
+# int of the compiled code too, which needs no object of its own).
+_SLOT_BITS: Final = 61
+
+
+class BoxCounts:
+    """How many of something each box of a grid holds (`get` says 0 for boxes holding none): an
+    array of machine integers, each the box and its count in one, found by linear probing and
+    kept between a quarter and half full. A box costs 16 to 32 bytes, where a dict[int, int]
+    costs it an int object of 32 bytes, an entry of 24 and its share of the index. Removing
+    shifts back the entries after the emptied slot that probed past it, so no slot is ever left
+    marked deleted. A count too large for its bits (millions in one box, on grids of ordinary
+    widths) keeps the rest in a dict."""
+
+    __slots__ = ("_slots", "_mask", "_shift", "_full", "_over", "size")
+
+    def __init__(self, grid: DistanceGrid) -> None:
+        # the bits of a box of the grid: rows above and below the poles' by one, at most
+        rows = math.floor(90.0 / grid.lat_step) + 2
+        count_bits = _SLOT_BITS - _ROW_SHIFT - rows.bit_length() - 1
+        if count_bits < 1:
+            raise ValueError(f"a grid {grid.lat_step!r} degrees high is too fine to count in")
+        self._slots: array[int] = array("q", bytes(8 * _LEAST_SLOTS))  # 0: an empty slot
+        self._mask = _LEAST_SLOTS - 1
+        self._shift = count_bits
+        # a count field this high holds the most it can; what is over it is in _over
+        self._full = (1 << count_bits) - 1
+        self._over: dict[int, int] = {}
+        self.size = 0  # boxes held
+
+    def __len__(self) -> int:
+        return self.size
+
+    def get(self, box: int) -> int:
+        slots = self._slots
+        mask = self._mask
+        shift = self._shift
+        slot = _home(box, mask)
+        while True:
+            held = slots[slot]
+            if not held:
+                return 0
+            if held >> shift == box:
+                count = held & self._full
+                return count if count < self._full else count + self._over.get(box, 0)
+            slot = (slot + 1) & mask
+
+    def add(self, box: int) -> None:
+        """One more in the box."""
+        slots = self._slots
+        mask = self._mask
+        shift = self._shift
+        slot = _home(box, mask)
+        while True:
+            held = slots[slot]
+            if not held:
+                break
+            if held >> shift == box:
+                if held & self._full == self._full:
+                    self._over[box] = self._over.get(box, 0) + 1
+                else:
+                    slots[slot] = held + 1
+                return
+            slot = (slot + 1) & mask
+        slots[slot] = (box << shift) | 1
+        self.size += 1
+        if 2 * self.size > mask + 1:
+            self._resize(2 * (mask + 1))
+
+    def remove(self, box: int) -> None:
+        """One fewer in the box (KeyError if it holds none)."""
+        slots = self._slots
+        mask = self._mask
+        shift = self._shift
+        slot = _home(box, mask)
+        while True:
+            held = slots[slot]
+            if not held:
+                raise KeyError(box)
+            if held >> shift == box:
+                break
+            slot = (slot + 1) & mask
+        if held & self._full == self._full:
+            over = self._over.get(box, 0)
+            if over:
+                if over > 1:
+                    self._over[box] = over - 1
+                else:
+                    del self._over[box]
+                return
+        if held & self._full > 1:
+            slots[slot] = held - 1
+            return
+        hole = slot
+        while True:
+            slot = (slot + 1) & mask
+            held = slots[slot]
+            if not held:
+                break
+            # an entry whose home slot is not within (hole, slot] may move into the hole
+            if (slot - _home(held >> shift, mask)) & mask >= (slot - hole) & mask:
+                slots[hole] = held
+                hole = slot
+        slots[hole] = 0
+        self.size -= 1
+        if mask + 1 > _LEAST_SLOTS and 8 * self.size < mask + 1:
+            self._resize((mask + 1) // 2)
+
+    def _resize(self, size: int) -> None:
+        old = self._slots
+        slots: array[int] = array("q", bytes(8 * size))
+        mask = size - 1
+        shift = self._shift
+        for held in old:
+            if held:
+                slot = _home(held >> shift, mask)
+                while slots[slot]:
+                    slot = (slot + 1) & mask
+                slots[slot] = held
+        self._slots = slots
+        self._mask = mask
+
+
+def _home(box: int, mask: int) -> int:
+    """The slot a box's probe starts at."""
+    row = (box >> _ROW_SHIFT) & _ROW_BITS
+    return (row * _MIX_ROW + (box & _COLUMN_MASK) * _MIX_COLUMN) & mask

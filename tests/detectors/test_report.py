@@ -212,3 +212,14 @@ def test_arbitrary_lines_never_raise_and_every_line_is_counted(lines):
         == len(lines)
         == summary.read
     )
+
+
+def test_a_halo_copy_changes_its_own_flag_not_that_of_reports_sharing_its_origin():
+    first = Report("a", T0_MS, 47.6, -122.3, "u1", "pothole", "app", "d1", 5.0, "en")
+    second = Report("b", T0_MS, 47.6, -122.3, "u2", "pothole", "app", "d2", None, "en")
+    first.halo = True
+    assert (first.source, first.lang, first.halo) == ("app", "en", True)
+    assert (second.source, second.lang, second.halo) == ("app", "en", False)
+    assert second.accuracy_m is None and first.accuracy_m == 5.0
+    first.halo = False
+    assert first == Report("a", T0_MS, 47.6, -122.3, "u1", "pothole", "app", "d1", 5.0, "en")

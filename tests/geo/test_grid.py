@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoincident.geo.distance import destination, haversine_m
-from geoincident.geo.grid import DistanceGrid
+from geoincident.geo.grid import BoxCounts, DistanceGrid
 
 latitudes = st.one_of(
     st.floats(-90.0, 90.0),
@@ -80,3 +80,48 @@ def test_gather_finds_what_probing_the_neighbourhood_finds(points, lat, lon):
         boxes.setdefault(grid.box(*point), []).append(point)
     probed = sorted(p for box in grid.neighbourhood(lat, lon) for p in boxes.get(box, []))
     assert sorted(grid.gather(boxes, lat, lon)) == probed
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.booleans(), st.integers(-3, 3), st.integers(0, (1 << 24) - 1)), max_size=300
+    ),
+    dense=st.booleans(),
+    small=st.booleans(),
+)
+def test_box_counts_count_what_a_dict_counts(steps, dense, small):
+    """Adds and removes in any order (boxes of a few rows and columns collide on their home
+    slots; removing shifts entries back) leave the counts a dict keeps, through every resize;
+    and so do counts over what a slot holds (two bits of count, where `small`)."""
+    counts = BoxCounts(DistanceGrid(500.0))
+    if small:
+        counts._shift, counts._full = 2, 3
+    expected: dict[int, int] = {}
+    for add, row, column in steps:
+        box = row * (1 << 24) + (column % 5 if dense else column)
+        if add or not expected.get(box):
+            counts.add(box)
+            expected[box] = expected.get(box, 0) + 1
+        else:
+            counts.remove(box)
+            expected[box] -= 1
+            if not expected[box]:
+                del expected[box]
+        assert len(counts) == len(expected)
+    for row in range(-3, 4):
+        for column in [*range(6), *(c for _, r, c in steps if r == row)]:
+            box = row * (1 << 24) + column
+            assert counts.get(box) == expected.get(box, 0)
+    with pytest.raises(KeyError):
+        counts.remove(99 * (1 << 24))
+
+
+def test_box_counts_hold_the_boxes_of_a_fine_grid_and_refuse_a_finer_one():
+    grid = DistanceGrid(0.1)
+    counts = BoxCounts(grid)
+    for lat, lon in [(89.99, 179.99), (-89.99, -179.99), (0.0, 0.0)]:
+        counts.add(grid.box(lat, lon))
+        assert counts.get(grid.box(lat, lon)) == 1
+    with pytest.raises(ValueError, match="too fine"):
+        BoxCounts(DistanceGrid(1e-6))
