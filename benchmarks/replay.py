@@ -284,7 +284,7 @@ def density_section(args: argparse.Namespace, geoincident: str, machine: str) ->
 def write_section(path: Path, heading: str, section: str) -> None:
     """Replace one `## ` section of the benchmarks page, keeping the others."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start = text.find(heading)
+    start = text.find(heading + "\n")  # the whole heading line, not one it begins
     if start == -1:
         text = text.rstrip("\n") + "\n\n" + section
     else:

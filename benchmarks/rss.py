@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,17 +75,21 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def heading(args: argparse.Namespace) -> str:
+    """The section's heading: a run with another reputation bound has a section of its own."""
+    if args.max_reporters is None:
+        return HEADING
+    return f"{HEADING}, reputation bound {args.max_reporters:,}"
+
+
 def reputation_figures(port: int) -> dict[str, float]:
     """Reporters tracked and evicted, from the worker's /metrics ({} if unreachable)."""
     names = {
         "geoincident_reporters_tracked": "tracked",
         "geoincident_reporters_evicted_total": "evicted",
     }
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            text = response.read().decode()
-    except (OSError, ValueError):
+    text = bench_worker.metrics_text(port)
+    if text is None:
         return {}
     found = {}
     for line in text.splitlines():
@@ -177,7 +180,7 @@ def run(args: argparse.Namespace, bench: bench_worker.Bench) -> RssRun:
 def section(args: argparse.Namespace, result: RssRun) -> str:
     measured = result.measured()
     lines = [
-        HEADING,
+        heading(args),
         "",
         f"`python benchmarks/rss.py --load {args.load} --minutes {args.minutes:g}"
         + ("" if args.warmup_minutes is None else f" --warmup-minutes {args.warmup_minutes:g}")
@@ -290,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run(args, bench)
         text = section(args, result)
         print(text)
-        write_section(Path(args.output), HEADING, text)
+        write_section(Path(args.output), heading(args), text)
         keep = bool(result.failed)
         return 1 if result.failed else 0
     finally:

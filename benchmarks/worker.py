@@ -560,13 +560,20 @@ def processed(port: int) -> int | None:
     return None if found is None else sum(found.values())
 
 
-def rejection_reasons(port: int) -> dict[str, int]:
-    """Rejections by reason from the worker's /metrics (best effort: {} if the name changes)."""
+def metrics_text(port: int) -> str | None:
+    """The worker's /metrics, None if unreachable."""
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         with urllib.request.urlopen(url, timeout=2.0) as response:
-            text = response.read().decode()
+            return response.read().decode()
     except (OSError, ValueError):
+        return None
+
+
+def rejection_reasons(port: int) -> dict[str, int]:
+    """Rejections by reason from the worker's /metrics (best effort: {} if the name changes)."""
+    text = metrics_text(port)
+    if text is None:
         return {}
     found = {}
     for line in text.splitlines():
