@@ -171,55 +171,50 @@ class BoxCounts:
     def __len__(self) -> int:
         return self.size
 
-    def get(self, box: int) -> int:
+    def _find(self, box: int) -> int:
+        """The slot holding the box, or the empty slot where its probe ends."""
         slots = self._slots
         mask = self._mask
         shift = self._shift
         slot = _home(box, mask)
         while True:
             held = slots[slot]
-            if not held:
-                return 0
-            if held >> shift == box:
-                count = held & self._full
-                return count if count < self._full else count + self._over.get(box, 0)
+            if not held or held >> shift == box:
+                return slot
             slot = (slot + 1) & mask
+
+    def get(self, box: int) -> int:
+        held = self._slots[self._find(box)]
+        if not held:
+            return 0
+        count = held & self._full
+        return count if count < self._full else count + self._over.get(box, 0)
 
     def add(self, box: int) -> None:
         """One more in the box."""
         slots = self._slots
-        mask = self._mask
-        shift = self._shift
-        slot = _home(box, mask)
-        while True:
-            held = slots[slot]
-            if not held:
-                break
-            if held >> shift == box:
-                if held & self._full == self._full:
-                    self._over[box] = self._over.get(box, 0) + 1
-                else:
-                    slots[slot] = held + 1
-                return
-            slot = (slot + 1) & mask
-        slots[slot] = (box << shift) | 1
+        slot = self._find(box)
+        held = slots[slot]
+        if held:
+            if held & self._full == self._full:
+                self._over[box] = self._over.get(box, 0) + 1
+            else:
+                slots[slot] = held + 1
+            return
+        slots[slot] = (box << self._shift) | 1
         self.size += 1
-        if 2 * self.size > mask + 1:
-            self._resize(2 * (mask + 1))
+        if 2 * self.size > self._mask + 1:
+            self._resize(2 * (self._mask + 1))
 
     def remove(self, box: int) -> None:
         """One fewer in the box (KeyError if it holds none)."""
         slots = self._slots
         mask = self._mask
         shift = self._shift
-        slot = _home(box, mask)
-        while True:
-            held = slots[slot]
-            if not held:
-                raise KeyError(box)
-            if held >> shift == box:
-                break
-            slot = (slot + 1) & mask
+        slot = self._find(box)
+        held = slots[slot]
+        if not held:
+            raise KeyError(box)
         if held & self._full == self._full:
             over = self._over.get(box, 0)
             if over:
