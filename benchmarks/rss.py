@@ -112,7 +112,10 @@ def run(args: argparse.Namespace, bench: bench_worker.Bench) -> RssRun:
     result = RssRun(load=args.load, warmup_s=args.warmup_s, measured_s=args.minutes * 60.0)
     names = bench.worker_names("rss")
     bench.topics({k: v for k, v in names.items() if k != "group"}, args.partitions)
-    worker, port, log = bench.start_worker("rss", names, bench.worker_env(names, args.partitions))
+    env = bench.worker_env(names, args.partitions)
+    if args.max_reporters is not None:
+        env["GEOINCIDENT_REPUTATION__MAX_REPORTERS"] = str(args.max_reporters)
+    worker, port, log = bench.start_worker("rss", names, env)
     stop = threading.Event()
     started = [0.0]
 
