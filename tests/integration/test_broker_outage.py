@@ -69,9 +69,9 @@ def _cluster(tag: str, category: str, bearing: float) -> list[bytes]:
 
 
 def _gauge(worker: WorkerProcess, name: str) -> float:
-    match = re.search(rf"^{name} (\S+)$", worker.text("/metrics"), re.M)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
+    value = worker.metric(name)
+    assert value is not None, f"{name} not in /metrics"
+    return value
 
 
 def _opened(incidents: Tail, category: str) -> list[dict]:

@@ -14,14 +14,6 @@ from tests.integration.workers import WorkerProcess, create_topics, produce, top
 BOUND = 50
 
 
-def metric(worker: WorkerProcess, name: str) -> float | None:
-    for line in worker.text("/metrics").splitlines():
-        found, _, value = line.partition(" ")
-        if found == name:
-            return float(value)
-    return None
-
-
 def test_the_worker_holds_at_most_max_reporters(bootstrap, topic_name, tmp_path):
     """600 reports of 600 new reporters, scattered over the US (none agree) and spread over
     40 minutes of event time: those that leave their 15-minute window free (the ones more than
@@ -53,13 +45,13 @@ def test_the_worker_holds_at_most_max_reporters(bootstrap, topic_name, tmp_path)
         produce(bootstrap, names["reports"], values)
         worker.wait_until(lambda: worker.processed() >= 600, timeout_s=120)
         worker.wait_until(
-            lambda: (metric(worker, "geoincident_reporters_evicted_total") or 0) > 0,
+            lambda: (worker.metric("geoincident_reporters_evicted_total") or 0) > 0,
             timeout_s=60,
         )
         # the metrics follow the detector a few seconds behind: read them once they settle
         time.sleep(3)
-        tracked = metric(worker, "geoincident_reporters_tracked")
-        evicted = metric(worker, "geoincident_reporters_evicted_total")
+        tracked = worker.metric("geoincident_reporters_tracked")
+        evicted = worker.metric("geoincident_reporters_evicted_total")
     finally:
         worker.stop()
     assert tracked == BOUND

@@ -127,6 +127,14 @@ class WorkerProcess(ChildProcess):
             stats = {"unreachable": str(error)}
         raise AssertionError(f"condition not met in {timeout_s} s; stats {stats}\n{self.story()}")
 
+    def metric(self, name: str) -> float | None:
+        """The value of an unlabelled series of /metrics, None if it is not there."""
+        for line in self.text("/metrics").splitlines():
+            found, _, value = line.partition(" ")
+            if found == name:
+                return float(value)
+        return None
+
     def totals(self) -> dict[str, int]:
         return self.get("/stats")[1]["totals"]
 
