@@ -1,8 +1,8 @@
 """Which surge keys, (H3 region, category, language), are tracked in full, and for how long.
 
 A key is tracked from its PROMOTE_AFTER-th report within one short window; until then only its
-last few reports are held. A sweep every SWEEP_MS of event time forgets the keys that can no
-longer matter.
+last few reports are held. A sweep every minute of event time lets go of the holds older than
+the short window, and every EVICT_EVERY_MS forgets the keys that can no longer matter.
 """
 
 from __future__ import annotations
@@ -21,8 +21,13 @@ if TYPE_CHECKING:
 
 # The sweep's timer kind; the surge detector's others are in surge_decisions.
 SWEEP = 2
-# Keys are examined for eviction on these event-time boundaries.
-SWEEP_MS = 10 * BUCKET_MS
+# The holds of keys not tracked are pruned on these event-time boundaries: a report is let go
+# of at most a minute after it left the short window, so what the tracker holds fills within
+# one short window and stays level (pruned every ten minutes, it swung by five minutes' worth
+# of reports, most of a worker's memory swing under steady load).
+SWEEP_MS = BUCKET_MS
+# Keys are examined for eviction on these event-time boundaries (a multiple of SWEEP_MS).
+EVICT_EVERY_MS = 10 * BUCKET_MS
 # A key with no open surge, no cooldown, an empty window and a baseline below this fraction of
 # the floor is forgotten: recreated later at 0, its ratio is the same (max(b, floor) == floor).
 EVICT_FRACTION_OF_FLOOR = 0.1
@@ -133,22 +138,11 @@ class KeyTracker:
             self.timers.add((now_ms // SWEEP_MS + 1) * SWEEP_MS, SWEEP, None, None)
 
     def sweep(self, now_ms: int) -> None:
-        """Forget keys that can no longer matter; runs every SWEEP_MS of event time."""
+        """Let go of holds older than the short window; runs every SWEEP_MS of event time, and
+        on EVICT_EVERY_MS boundaries also forgets keys that can no longer matter."""
         keys = self.keys
-        measure = self.baseline.measure
-        doomed = []
-        for key_id, key in keys.items():
-            if key.surge is not None:
-                continue
-            if key.cooldown_until_ms is not None and key.cooldown_until_ms > now_ms:
-                continue
-            _, _, estimate, _ = measure(key, now_ms)
-            if key.window or key.pending or estimate is None:
-                continue
-            if estimate < self.evict_below:
-                doomed.append(key_id)
-        for key_id in doomed:
-            del keys[key_id]
+        if now_ms % EVICT_EVERY_MS == 0:
+            self._evict(now_ms)
         horizon = now_ms - self.window_ms
         sparse = {}
         for pair, regions in self.sparse.items():
@@ -164,6 +158,23 @@ class KeyTracker:
             self.timers.add(now_ms + SWEEP_MS, SWEEP, None, None)
         else:
             self.sweep_scheduled = False
+
+    def _evict(self, now_ms: int) -> None:
+        keys = self.keys
+        measure = self.baseline.measure
+        doomed = []
+        for key_id, key in keys.items():
+            if key.surge is not None:
+                continue
+            if key.cooldown_until_ms is not None and key.cooldown_until_ms > now_ms:
+                continue
+            _, _, estimate, _ = measure(key, now_ms)
+            if key.window or key.pending or estimate is None:
+                continue
+            if estimate < self.evict_below:
+                doomed.append(key_id)
+        for key_id in doomed:
+            del keys[key_id]
 
     def restore(self, keys: dict[Key, KeyState], sweep_scheduled: bool) -> None:
         """Tracked keys from a checkpoint; held reports are read again (`rebuild`)."""
