@@ -9,7 +9,6 @@ event time only, never on how often a key is measured.
 from __future__ import annotations
 
 from bisect import insort
-from collections import deque
 from typing import TYPE_CHECKING
 
 import h3
@@ -51,9 +50,11 @@ class KeyState:
         self.region: str = h3.int_to_str(ident[0])
         self.category = ident[1]
         self.lang = ident[2]
-        self.window: deque[Entry] = deque()
+        # Lists, not deques: most keys sit empty for hours until their baseline fades (an empty
+        # deque is 760 bytes, a list 56); the oldest entries are cut off a few at a time.
+        self.window: list[Entry] = []
         self.reporters: dict[str, int] = {}  # reporter -> reports in the window
-        self.pending: deque[list[int]] = deque()  # [bucket, count], buckets not yet folded
+        self.pending: list[list[int]] = []  # [bucket, count], buckets not yet folded
         self.ewma = 0.0  # per-minute rate after folding bucket `ewma_bucket`
         self.ewma_bucket = ewma_bucket
         self.surge: _Surge | None = None
@@ -105,13 +106,17 @@ class Baseline:
         cutoff = now_ms - self.window_ms
         window = key.window
         reporters = key.reporters
-        while window and window[0][0] <= cutoff:
-            reporter = window.popleft()[2]
+        gone = 0
+        while gone < len(window) and window[gone][0] <= cutoff:
+            reporter = window[gone][2]
+            gone += 1
             left = reporters[reporter] - 1
             if left:
                 reporters[reporter] = left
             else:
                 del reporters[reporter]
+        if gone:
+            del window[:gone]
         count = len(window)
         rate = count / self.window_min
         estimate = self.estimate(key, now_ms)
@@ -133,8 +138,10 @@ class Baseline:
         pending = key.pending
         origin = self.origin_bucket
         assert origin is not None
-        while pending and pending[0][0] <= last:
-            bucket, count = pending.popleft()
+        folded = 0
+        while folded < len(pending) and pending[folded][0] <= last:
+            bucket, count = pending[folded]
+            folded += 1
             carried = key.ewma * decay ** max(0, bucket - 1 - key.ewma_bucket)
             learned = float(count)
             if key.surge is not None:
@@ -143,6 +150,8 @@ class Baseline:
                 learned = min(learned, self.calm_factor * self.used(estimate))
             key.ewma = carried * decay + (1.0 - decay) * learned
             key.ewma_bucket = bucket
+        if folded:
+            del pending[:folded]
         seen = last - origin + 1
         if seen <= 0:
             return None
