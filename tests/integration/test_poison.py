@@ -179,11 +179,15 @@ def vm_hwm_kib_of(worker: WorkerProcess) -> int:
 PLANTED = ["gas_leak", "pothole", "road_flooding", "streetlight_out"]
 
 
+# Rounds of 10,000 poison messages; the first two warm the worker's peak up.
+ROUNDS = 5
+
+
 @pytest.mark.parametrize("scaled", [False, True])
 def test_ten_thousand_poison_messages_in_a_real_stream(bootstrap, topic_name, tmp_path, scaled):
-    """Three rounds of 10,000 poison messages with 21 valid reports (4 planted incidents)
-    each, into one worker. The later rounds show whether anything grows per poison message:
-    the worker's peak RSS (VmHWM) after them must stay near what it was after the first.
+    """Five rounds of 10,000 poison messages with 21 valid reports (4 planted incidents)
+    each, into one worker. The last three show whether anything grows per poison message:
+    the worker's peak RSS (VmHWM) over them must stay near what it was after the second.
     `scaled`: the worker with [scale] set (its router sends the poison to the DLQ)."""
     names = topic_names(topic_name)
     create_topics(bootstrap, names)
@@ -199,7 +203,7 @@ def test_ten_thousand_poison_messages_in_a_real_stream(bootstrap, topic_name, tm
     try:
         worker.wait_until(lambda: worker.get("/ready")[0] == 200, timeout_s=120)
         peaks.append(vm_hwm_kib_of(worker))
-        for round_ in range(3):
+        for round_ in range(ROUNDS):
             values, reasons, _ = stream(10_000, int(time.time() * 1000), round_)
             expected += reasons
             # a key on every record: a producer needs one to send a null value (reports'
@@ -238,18 +242,16 @@ def test_ten_thousand_poison_messages_in_a_real_stream(bootstrap, topic_name, tm
     assert worker.starts == 1
     assert log.count("event=fresh_start") == 1
     assert "processing_failed" not in log and "Traceback" not in log
-    ready, first, second, third = peaks
-    print(
-        f"worker VmHWM (KiB): ready {ready}, after 10,000 poison {first}, after 20,000 "
-        f"{second}, after 30,000 {third}"
-    )
+    print("worker VmHWM (KiB): ready, then after each round of 10,000 poison:", peaks)
     # Each round sends 41 MiB of poison (22 MiB of it oversized values). The peak is set by
     # the largest batch in process (Faust fetches at most 1 MiB a partition at a time): measured
-    # ready ~90 MiB, ~125-145 MiB after the first round; a later round usually adds nothing
-    # (~0.1 MiB), but once in a while one batch in process is larger than any before and the
-    # peak moves once (11 MiB was seen with [scale]). Holding on to a fifth of each round's
-    # input would add 16 MiB over the two later rounds, and that is what fails here.
-    assert third - first < 16 * 1024, peaks
+    # ready ~90-100 MiB, ~125-145 MiB after the first round. A later round usually adds
+    # nothing (~0.1 MiB), but now and then one batch in process is larger than any before and
+    # the peak moves, most often in the second round (19 MiB was seen there with [scale] on a
+    # loaded machine, 11 MiB another time): the first two rounds are the warm-up. Holding on to
+    # a fifth of each round's input would add 24 MiB over the last three, and that fails here.
+    ready, first, warm = peaks[0], peaks[1], peaks[2]
+    assert peaks[-1] - warm < 20 * 1024, peaks
     assert first - ready < 128 * 1024, peaks
 
 
