@@ -307,6 +307,42 @@ def test_state_stays_bounded_over_a_long_stream():
     assert len(detector.timers) == 0
 
 
+def test_quiet_keys_let_go_of_their_reports_within_a_minute_of_the_short_window():
+    # Thousands of districts at 12 reports a minute: nearly every key stays quiet and holds
+    # its report. Once its reports have left the short window (5 minutes) a key lets go of
+    # them at the next minute's sweep, so the holds stay near 6 minutes' worth (pruned every
+    # 10 minutes they swung up to 15 minutes' worth).
+    rng = random.Random(5)
+    detector = SurgeDetector()
+    tracker = detector.tracker
+    window_min = SurgeParams().short_window_s / 60
+    per_min = 12
+    held = []
+    for n, ts_ms in enumerate(range(T0_MS, T0_MS + HOUR_MS, MINUTE_MS // per_min)):
+        report = Report(
+            id=f"q{n}",
+            ts_ms=ts_ms,
+            lat=rng.uniform(30.0, 50.0),
+            lon=rng.uniform(-120.0, -80.0),
+            reporter=f"u{n}",
+            category="pothole",
+        )
+        assert detector.observe(report) == []
+        held.append(sum(len(tracker.held(key)) for key in _held_keys(tracker)))
+    assert not tracker.keys, "the stream must leave every key quiet"
+    settled = held[20 * per_min :]
+    assert max(settled) <= per_min * (window_min + 1) + 1
+    assert min(settled) >= per_min * window_min - 1  # what the short window needs is held
+
+
+def _held_keys(tracker) -> list:
+    return [
+        (region, category, lang)
+        for (category, lang), regions in tracker.sparse.items()
+        for region in regions
+    ]
+
+
 def _mixed_stream() -> list[Report]:
     start = T0_MS
     return [
