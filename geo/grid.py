@@ -149,14 +149,14 @@ class DistanceGrid:
 
 def _probe(found: list, keys: array[int], values: list[Any], mask: int, box: int) -> None:
     """Collect what a table (its keys, values and mask) holds in a box into `found`."""
-    key = 2 * box + 1
     slot = _home(box, mask)
     while True:
-        held = keys[slot]
-        if held == key:
-            _collect(found, values[slot])
+        # None where the slot is empty: read from the list with no int made, unlike the array,
+        # and (compared only) without touching the object there
+        if values[slot] is None:
             return
-        if not held:
+        if keys[slot] == box + box + 1:
+            _collect(found, values[slot])
             return
         slot = (slot + 1) & mask
 
@@ -297,9 +297,16 @@ class BoxTable:
     """One object (not None) for each box of a grid, as a dict[int, object] would hold them:
     the boxes in an array of machine integers, each slot 2 * box + 1 (never 0, which marks an
     empty slot; boxes are 0 or negative too), and the objects in a list beside it, slot for
-    slot. Linear probing, kept between a quarter and half full, backward-shift removal, as
-    `BoxCounts`. A box costs 32 to 64 bytes of slots where a dict costs it an int object of 32
-    bytes, an entry of 24 and its share of the index."""
+    slot, None in the empty ones. Linear probing, kept between a quarter and half full,
+    backward-shift removal, as `BoxCounts`. A box costs 32 to 64 bytes of slots where a dict
+    costs it an int object of 32 bytes, an entry of 24 and its share of the index.
+
+    The compiled code reads an item of the array as a new int object (and its index as
+    another, past 256), where an item of the list is read natively (and compared to None
+    without touching the object there): every probe, shift and resize looks at the list first,
+    and at the array only where the slot is taken. It computes 2 * box + 1 as
+    box + box + 1: the compiled code multiplies machine integers only below 2**30, and adds
+    them below 2**62."""
 
     __slots__ = ("_keys", "_values", "_mask", "size")
 
@@ -315,14 +322,13 @@ class BoxTable:
     def _find(self, box: int) -> int:
         """The slot holding the box, or the empty slot where its probe ends."""
         keys = self._keys
+        values = self._values
         mask = self._mask
-        key = 2 * box + 1
+        key = box + box + 1
         slot = _home(box, mask)
-        while True:
-            held = keys[slot]
-            if held == key or not held:
-                return slot
+        while values[slot] is not None and keys[slot] != key:
             slot = (slot + 1) & mask
+        return slot
 
     def get(self, box: int) -> Any:
         """The object of the box, or None."""
@@ -332,9 +338,11 @@ class BoxTable:
         if value is None:
             raise ValueError("a BoxTable holds no None")
         slot = self._find(box)
-        self._values[slot] = value
-        if not self._keys[slot]:
-            self._keys[slot] = 2 * box + 1
+        values = self._values
+        new = values[slot] is None
+        values[slot] = value
+        if new:
+            self._keys[slot] = box + box + 1
             self.size += 1
             if 2 * self.size > self._mask + 1:
                 self._resize(2 * (self._mask + 1))
@@ -348,15 +356,15 @@ class BoxTable:
         values = self._values
         mask = self._mask
         slot = self._find(box)
-        if not keys[slot]:
-            raise KeyError(box)
         value = values[slot]
+        if value is None:
+            raise KeyError(box)
         hole = slot
         while True:
             slot = (slot + 1) & mask
-            held = keys[slot]
-            if not held:
+            if values[slot] is None:
                 break
+            held = keys[slot]
             # an entry whose home slot is not within (hole, slot] may move into the hole
             if (slot - _home(held >> 1, mask)) & mask >= (slot - hole) & mask:
                 keys[hole] = held
@@ -378,11 +386,11 @@ class BoxTable:
         keys: array[int] = array("q", bytes(8 * size))
         values: list[Any] = [None] * size
         mask = size - 1
-        for position in range(len(old_keys)):
-            held = old_keys[position]
-            if held:
+        for position in range(len(old_values)):
+            if old_values[position] is not None:
+                held = old_keys[position]
                 slot = _home(held >> 1, mask)
-                while keys[slot]:
+                while values[slot] is not None:
                     slot = (slot + 1) & mask
                 keys[slot] = held
                 values[slot] = old_values[position]
