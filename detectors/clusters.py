@@ -149,30 +149,14 @@ class FreeReports:
         boxes = self._boxes.get(report.category)
         if boxes is None:
             boxes = self._boxes[report.category] = BoxTable()
-        box = self._grid.box(report.lat, report.lon)
-        held = boxes.get(box)
-        if held is None:
-            boxes.set(box, report)
-        elif isinstance(held, list):
-            held.append(report)
-        else:
-            boxes.set(box, [held, report])
+        boxes.add(self._grid.box(report.lat, report.lon), report)
         if weight != 1.0:
             self._weights[report.id] = weight
         self.size += 1
 
     def remove(self, report: Report) -> None:
         boxes = self._boxes[report.category]
-        box = self._grid.box(report.lat, report.lon)
-        held = boxes.get(box)
-        if held is None:
-            raise KeyError(box)
-        if isinstance(held, list):
-            held.remove(report)
-            if len(held) == 1:
-                boxes.set(box, held[0])
-        else:
-            boxes.pop(box)
+        boxes.remove(self._grid.box(report.lat, report.lon), report)
         self._weights.pop(report.id, None)
         self.size -= 1
 

@@ -338,27 +338,68 @@ class BoxTable:
         if value is None:
             raise ValueError("a BoxTable holds no None")
         slot = self._find(box)
-        values = self._values
-        new = values[slot] is None
-        values[slot] = value
-        if new:
-            self._keys[slot] = box + box + 1
-            self.size += 1
-            if 2 * self.size > self._mask + 1:
-                self._resize(2 * (self._mask + 1))
+        if self._values[slot] is None:
+            self._take(slot, box, value)
+        else:
+            self._values[slot] = value
 
     def __setitem__(self, box: int, value: Any) -> None:
         self.set(box, value)
 
+    def add(self, box: int, item: Any) -> None:
+        """One more item in a box holding items as `DistanceGrid.gather` finds them: the item
+        itself where the box held none, a list of them where it held one or more (an item is
+        neither None nor a list). One probe, where get and set take two."""
+        slot = self._find(box)
+        values = self._values
+        held = values[slot]
+        if held is None:
+            self._take(slot, box, item)
+        elif type(held) is list:
+            held.append(item)
+        else:
+            values[slot] = [held, item]
+
+    def remove(self, box: int, item: Any) -> None:
+        """One item fewer in a box holding items as `add` leaves them (KeyError if the box
+        holds none, ValueError if its list does not hold the item)."""
+        slot = self._find(box)
+        values = self._values
+        held = values[slot]
+        if held is None:
+            raise KeyError(box)
+        if type(held) is list:
+            held.remove(item)
+            if len(held) == 1:
+                values[slot] = held[0]
+        else:
+            self._empty(slot)
+
     def pop(self, box: int) -> Any:
         """Remove the box and return its object (KeyError if it holds none)."""
+        slot = self._find(box)
+        value = self._values[slot]
+        if value is None:
+            raise KeyError(box)
+        self._empty(slot)
+        return value
+
+    def __delitem__(self, box: int) -> None:
+        self.pop(box)
+
+    def _take(self, slot: int, box: int, value: Any) -> None:
+        """Put a box in the empty slot where its probe ended."""
+        self._values[slot] = value
+        self._keys[slot] = box + box + 1
+        self.size += 1
+        if 2 * self.size > self._mask + 1:
+            self._resize(2 * (self._mask + 1))
+
+    def _empty(self, slot: int) -> None:
+        """Remove the box of a slot: entries after it that probed past it shift back."""
         keys = self._keys
         values = self._values
         mask = self._mask
-        slot = self._find(box)
-        value = values[slot]
-        if value is None:
-            raise KeyError(box)
         hole = slot
         while True:
             slot = (slot + 1) & mask
@@ -375,10 +416,6 @@ class BoxTable:
         self.size -= 1
         if mask + 1 > _LEAST_SLOTS and 8 * self.size < mask + 1:
             self._resize((mask + 1) // 2)
-        return value
-
-    def __delitem__(self, box: int) -> None:
-        self.pop(box)
 
     def _resize(self, size: int) -> None:
         old_keys = self._keys

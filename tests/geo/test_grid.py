@@ -176,6 +176,41 @@ def test_box_tables_hold_what_a_dict_holds(steps, dense):
         assert len(sizes) > 1
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.booleans(), st.integers(-2, 2), st.integers(0, 6)), max_size=200)
+)
+def test_box_tables_add_and_remove_items_as_a_dict_of_items_and_lists(steps):
+    """`add` and `remove` keep a box's items as FreeReports kept them in a dict: the item
+    alone, or a list of two or more in the order added."""
+    table = BoxTable()
+    expected: dict[int, object] = {}
+    for number, (add, row, column) in enumerate(steps):
+        box = row * (1 << 24) + column
+        held = expected.get(box)
+        if add or held is None:
+            item = ("item", number)
+            table.add(box, item)
+            expected[box] = (
+                item if held is None else [*held, item] if type(held) is list else [held, item]
+            )
+        else:
+            item = held[number % len(held)] if type(held) is list else held
+            table.remove(box, item)
+            if type(held) is list:
+                rest = [other for other in held if other is not item]
+                expected[box] = rest if len(rest) > 1 else rest[0]
+            else:
+                del expected[box]
+        assert len(table) == len(expected)
+    for row in range(-2, 3):
+        for column in range(7):
+            box = row * (1 << 24) + column
+            assert table.get(box) == expected.get(box)
+    with pytest.raises(KeyError):
+        table.remove(5 * (1 << 24), ("item", 0))
+
+
 def test_box_tables_refuse_none():
     table = BoxTable()
     with pytest.raises(ValueError, match="None"):
