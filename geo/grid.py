@@ -16,7 +16,7 @@ from typing import Any, Final
 from geoincident.geo.distance import EARTH_RADIUS_M
 
 _SLACK = 1.001  # over the exact bounds, against rounding at the edges
-_ROW_SPAN = 1 << 24  # more than any row's column count: box = row * _ROW_SPAN + column
+_ROW_SPAN: Final = 1 << 24  # more than any row's column count: box = row * _ROW_SPAN + column
 _ROW_SHIFT: Final = 24
 _COLUMN_MASK: Final = (1 << 24) - 1
 
