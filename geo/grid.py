@@ -297,9 +297,10 @@ class BoxTable:
     """One object (not None) for each box of a grid, as a dict[int, object] would hold them:
     the boxes in an array of machine integers, each slot 2 * box + 1 (never 0, which marks an
     empty slot; boxes are 0 or negative too), and the objects in a list beside it, slot for
-    slot, None in the empty ones. Linear probing, kept between a quarter and half full,
-    backward-shift removal, as `BoxCounts`. A box costs 32 to 64 bytes of slots where a dict
-    costs it an int object of 32 bytes, an entry of 24 and its share of the index.
+    slot, None in the empty ones. Linear probing, resized as `BoxCounts` is (doubled past half
+    full, halved under an eighth), backward-shift removal. A box costs 16 bytes a slot, 32 to
+    128 bytes (about 48 at a quarter full), where a dict costs it an int object of 32 bytes, an
+    entry of 24 and its share of the index.
 
     The compiled code reads an item of the array as a new int object (and its index as
     another, past 256), where an item of the list is read natively (and compared to None
