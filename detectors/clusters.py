@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from geoincident.detectors.independence import Independence
 from geoincident.detectors.report import Report
 from geoincident.geo.distance import haversine_m
-from geoincident.geo.grid import DistanceGrid
+from geoincident.geo.grid import BoxTable, DistanceGrid
 
 if TYPE_CHECKING:
     from geoincident.detectors.lifecycle import Incident
@@ -139,7 +139,7 @@ class FreeReports:
     def __init__(self, max_radius_m: float = 250.0) -> None:
         # category -> box -> its free reports: the report itself where it is alone in its box
         # (most boxes, outside a busy city), a list of two or more
-        self._boxes: dict[str, dict[int, Report | list[Report]]] = {}
+        self._boxes: dict[str, BoxTable] = {}
         self._grid = DistanceGrid(max_radius_m)
         # Weights other than 1.0 by report id (blocked reporters, weighted sources).
         self._weights: dict[str, float] = {}
@@ -148,29 +148,15 @@ class FreeReports:
     def add(self, report: Report, weight: float) -> None:
         boxes = self._boxes.get(report.category)
         if boxes is None:
-            boxes = self._boxes[report.category] = {}
-        box = self._grid.box(report.lat, report.lon)
-        held = boxes.get(box)
-        if held is None:
-            boxes[box] = report
-        elif isinstance(held, list):
-            held.append(report)
-        else:
-            boxes[box] = [held, report]
+            boxes = self._boxes[report.category] = BoxTable()
+        boxes.add(self._grid.box(report.lat, report.lon), report)
         if weight != 1.0:
             self._weights[report.id] = weight
         self.size += 1
 
     def remove(self, report: Report) -> None:
         boxes = self._boxes[report.category]
-        box = self._grid.box(report.lat, report.lon)
-        held = boxes[box]
-        if isinstance(held, list):
-            held.remove(report)
-            if len(held) == 1:
-                boxes[box] = held[0]
-        else:
-            del boxes[box]
+        boxes.remove(self._grid.box(report.lat, report.lon), report)
         self._weights.pop(report.id, None)
         self.size -= 1
 
@@ -183,11 +169,11 @@ class FreeReports:
         """Free reports of a category within radius_m of the point with start <= ts <= end,
         with their weights, in (event time, id) order."""
         boxes = self._boxes.get(category)
-        if not boxes:
+        if boxes is None or not boxes.size:
             return []
         weights = self._weights
         found = []
-        for report in self._grid.gather(boxes, lat, lon):
+        for report in self._grid.gather_table(boxes, lat, lon):
             ts_ms = report.ts_ms
             if start_ms <= ts_ms <= end_ms and haversine_m(lat, lon, report.lat, report.lon) <= (
                 radius_m

@@ -16,7 +16,7 @@ from typing import Any, Final
 from geoincident.geo.distance import EARTH_RADIUS_M
 
 _SLACK = 1.001  # over the exact bounds, against rounding at the edges
-_ROW_SPAN = 1 << 24  # more than any row's column count: box = row * _ROW_SPAN + column
+_ROW_SPAN: Final = 1 << 24  # more than any row's column count: box = row * _ROW_SPAN + column
 _ROW_SHIFT: Final = 24
 _COLUMN_MASK: Final = (1 << 24) - 1
 
@@ -122,6 +122,43 @@ class DistanceGrid:
                     if bucket is not None:
                         _collect(found, bucket)
         return found
+
+    def gather_table(self, table: BoxTable, lat: float, lon: float) -> list:
+        """`gather` over a `BoxTable`: the same entries in the same order as `gather` finds in
+        a dict holding what the table holds."""
+        row = math.floor(lat / self.lat_step)
+        columns = self._columns
+        shifted = lon + 180.0
+        found: list = []
+        keys = table._keys
+        values = table._values
+        mask = table._mask
+        for r in (row - 1, row, row + 1):
+            width, count = columns.get(r) or self.columns(r)
+            col = math.floor(shifted / width) % count
+            base = r * _ROW_SPAN
+            if count >= 3:
+                _probe(found, keys, values, mask, base + col)
+                _probe(found, keys, values, mask, base + (col - 1 if col else count - 1))
+                _probe(found, keys, values, mask, base + (col + 1 if col + 1 < count else 0))
+            else:
+                for c in range(count):
+                    _probe(found, keys, values, mask, base + c)
+        return found
+
+
+def _probe(found: list, keys: array[int], values: list[Any], mask: int, box: int) -> None:
+    """Collect what a table (its keys, values and mask) holds in a box into `found`."""
+    slot = _home(box, mask)
+    while True:
+        # None where the slot is empty: read from the list with no int made, unlike the array,
+        # and (compared only) without touching the object there
+        if values[slot] is None:
+            return
+        if keys[slot] == box + box + 1:
+            _collect(found, values[slot])
+            return
+        slot = (slot + 1) & mask
 
 
 def _collect(found: list, bucket: Any) -> None:
@@ -253,6 +290,150 @@ class BoxCounts:
                     slot = (slot + 1) & mask
                 slots[slot] = held
         self._slots = slots
+        self._mask = mask
+
+
+class BoxTable:
+    """One object (not None) for each box of a grid, as a dict[int, object] would hold them:
+    the boxes in an array of machine integers, each slot 2 * box + 1 (never 0, which marks an
+    empty slot; boxes are 0 or negative too), and the objects in a list beside it, slot for
+    slot, None in the empty ones. Linear probing, resized as `BoxCounts` is (doubled past half
+    full, halved under an eighth), backward-shift removal. A box costs 16 bytes a slot, 32 to
+    128 bytes (about 48 at a quarter full), where a dict costs it an int object of 32 bytes, an
+    entry of 24 and its share of the index.
+
+    The compiled code reads an item of the array as a new int object (and its index as
+    another, past 256), where an item of the list is read natively (and compared to None
+    without touching the object there): every probe, shift and resize looks at the list first,
+    and at the array only where the slot is taken. It computes 2 * box + 1 as
+    box + box + 1: the compiled code multiplies machine integers only below 2**30, and adds
+    them below 2**62."""
+
+    __slots__ = ("_keys", "_values", "_mask", "size")
+
+    def __init__(self) -> None:
+        self._keys: array[int] = array("q", bytes(8 * _LEAST_SLOTS))  # 0: an empty slot
+        self._values: list[Any] = [None] * _LEAST_SLOTS  # None in every empty slot
+        self._mask = _LEAST_SLOTS - 1
+        self.size = 0  # boxes held
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _find(self, box: int) -> int:
+        """The slot holding the box, or the empty slot where its probe ends."""
+        keys = self._keys
+        values = self._values
+        mask = self._mask
+        key = box + box + 1
+        slot = _home(box, mask)
+        while values[slot] is not None and keys[slot] != key:
+            slot = (slot + 1) & mask
+        return slot
+
+    def get(self, box: int) -> Any:
+        """The object of the box, or None."""
+        return self._values[self._find(box)]
+
+    def set(self, box: int, value: Any) -> None:
+        if value is None:
+            raise ValueError("a BoxTable holds no None")
+        slot = self._find(box)
+        if self._values[slot] is None:
+            self._take(slot, box, value)
+        else:
+            self._values[slot] = value
+
+    def __setitem__(self, box: int, value: Any) -> None:
+        self.set(box, value)
+
+    def add(self, box: int, item: Any) -> None:
+        """One more item in a box holding items as `DistanceGrid.gather` finds them: the item
+        itself where the box held none, a list of them where it held one or more (an item is
+        neither None nor a list). One probe, where get and set take two."""
+        slot = self._find(box)
+        values = self._values
+        held = values[slot]
+        if held is None:
+            self._take(slot, box, item)
+        elif type(held) is list:
+            held.append(item)
+        else:
+            values[slot] = [held, item]
+
+    def remove(self, box: int, item: Any) -> None:
+        """One item fewer in a box holding items as `add` leaves them (KeyError if the box
+        holds none, ValueError if its list does not hold the item)."""
+        slot = self._find(box)
+        values = self._values
+        held = values[slot]
+        if held is None:
+            raise KeyError(box)
+        if type(held) is list:
+            held.remove(item)
+            if len(held) == 1:
+                values[slot] = held[0]
+        else:
+            self._empty(slot)
+
+    def pop(self, box: int) -> Any:
+        """Remove the box and return its object (KeyError if it holds none)."""
+        slot = self._find(box)
+        value = self._values[slot]
+        if value is None:
+            raise KeyError(box)
+        self._empty(slot)
+        return value
+
+    def __delitem__(self, box: int) -> None:
+        self.pop(box)
+
+    def _take(self, slot: int, box: int, value: Any) -> None:
+        """Put a box in the empty slot where its probe ended."""
+        self._values[slot] = value
+        self._keys[slot] = box + box + 1
+        self.size += 1
+        if 2 * self.size > self._mask + 1:
+            self._resize(2 * (self._mask + 1))
+
+    def _empty(self, slot: int) -> None:
+        """Remove the box of a slot: entries after it that probed past it shift back."""
+        keys = self._keys
+        values = self._values
+        mask = self._mask
+        hole = slot
+        while True:
+            slot = (slot + 1) & mask
+            if values[slot] is None:
+                break
+            held = keys[slot]
+            # an entry whose home slot is not within (hole, slot] may move into the hole
+            if (slot - _home(held >> 1, mask)) & mask >= (slot - hole) & mask:
+                keys[hole] = held
+                values[hole] = values[slot]
+                hole = slot
+        keys[hole] = 0
+        values[hole] = None
+        self.size -= 1
+        if mask + 1 > _LEAST_SLOTS and 8 * self.size < mask + 1:
+            self._resize((mask + 1) // 2)
+
+    def _resize(self, size: int) -> None:
+        old_keys = self._keys
+        old_values = self._values
+        keys: array[int] = array("q", bytes(8 * size))
+        values: list[Any] = [None] * size
+        mask = size - 1
+        for position in range(len(old_values)):
+            if old_values[position] is not None:
+                held = old_keys[position]
+                slot = _home(held >> 1, mask)
+                while values[slot] is not None:
+                    slot = (slot + 1) & mask
+                keys[slot] = held
+                values[slot] = old_values[position]
+        self._keys = keys
+        self._values = values
         self._mask = mask
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geoincident.geo.distance import destination, haversine_m
-from geoincident.geo.grid import BoxCounts, DistanceGrid
+from geoincident.geo.grid import BoxCounts, BoxTable, DistanceGrid
 
 latitudes = st.one_of(
     st.floats(-90.0, 90.0),
@@ -125,3 +125,138 @@ def test_box_counts_hold_the_boxes_of_a_fine_grid_and_refuse_a_finer_one():
         assert counts.get(grid.box(lat, lon)) == 1
     with pytest.raises(ValueError, match="too fine"):
         BoxCounts(DistanceGrid(1e-6))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["set", "set", "pop", "del"]),
+            st.integers(-3, 3),
+            st.integers(0, (1 << 24) - 1),
+            st.integers(0, 2),
+        ),
+        max_size=300,
+    ),
+    dense=st.booleans(),
+)
+def test_box_tables_hold_what_a_dict_holds(steps, dense):
+    """Sets (new boxes and replacements), pops and deletes in any order, in boxes of rows
+    around 0 (box 0 and negative boxes among them; the boxes of a few rows and columns collide
+    on their home slots) leave what a dict holds, through resizes up and down."""
+    table = BoxTable()
+    expected: dict[int, object] = {}
+    sizes = {len(table._keys)}
+    for number, (verb, row, column, kind) in enumerate(steps):
+        box = row * (1 << 24) + (column % 5 if dense else column)
+        value: object = [number, number] if kind == 2 else ("value", number)
+        if verb == "set" or box not in expected:
+            if verb != "set":
+                with pytest.raises(KeyError):
+                    table.pop(box) if verb == "pop" else table.__delitem__(box)
+            table[box] = value
+            expected[box] = value
+        elif verb == "pop":
+            assert table.pop(box) is expected.pop(box)
+        else:
+            del table[box]
+            del expected[box]
+        sizes.add(len(table._keys))
+        assert len(table) == len(expected)
+        assert table._keys.count(0) == len(table._keys) - len(expected)
+        assert table._values.count(None) == len(table._keys) - len(expected)
+    for row in range(-3, 4):
+        for column in [*range(6), (1 << 24) - 1, *(c for _, r, c, _ in steps if r == row)]:
+            box = row * (1 << 24) + column
+            assert table.get(box) is expected.get(box)
+    for box in list(expected):
+        table.pop(box)
+    assert len(table) == 0 and len(table._keys) == 8
+    if len(expected) > 4:
+        assert len(sizes) > 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.booleans(), st.integers(-2, 2), st.integers(0, 6)), max_size=200)
+)
+def test_box_tables_add_and_remove_items_as_a_dict_of_items_and_lists(steps):
+    """`add` and `remove` keep a box's items as FreeReports kept them in a dict: the item
+    alone, or a list of two or more in the order added."""
+    table = BoxTable()
+    expected: dict[int, object] = {}
+    for number, (add, row, column) in enumerate(steps):
+        box = row * (1 << 24) + column
+        held = expected.get(box)
+        if add or held is None:
+            item = ("item", number)
+            table.add(box, item)
+            expected[box] = (
+                item if held is None else [*held, item] if type(held) is list else [held, item]
+            )
+        else:
+            item = held[number % len(held)] if type(held) is list else held
+            table.remove(box, item)
+            if type(held) is list:
+                rest = [other for other in held if other is not item]
+                expected[box] = rest if len(rest) > 1 else rest[0]
+            else:
+                del expected[box]
+        assert len(table) == len(expected)
+    for row in range(-2, 3):
+        for column in range(7):
+            box = row * (1 << 24) + column
+            assert table.get(box) == expected.get(box)
+    with pytest.raises(KeyError):
+        table.remove(5 * (1 << 24), ("item", 0))
+
+
+def test_box_tables_refuse_none():
+    table = BoxTable()
+    with pytest.raises(ValueError, match="None"):
+        table.set(0, None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    points=st.lists(
+        st.one_of(
+            st.tuples(st.floats(47.0, 47.05), st.floats(-122.05, -122.0)),
+            st.tuples(st.floats(-0.01, 0.01), st.floats(-180.0, -179.99)),  # box 0, row -1
+            st.tuples(st.floats(-0.01, 0.01), st.floats(179.99, 180.0)),  # and the antimeridian
+            st.tuples(st.floats(89.99, 90.0), st.floats(-180.0, 180.0)),  # rows of few columns
+            st.tuples(st.floats(-90.0, -89.99), st.floats(-180.0, 180.0)),
+        ),
+        max_size=60,
+    ),
+    deletes=st.lists(st.integers(0, 59), max_size=30),
+    probes=st.lists(
+        st.one_of(
+            st.tuples(st.floats(47.0, 47.05), st.floats(-122.05, -122.0)),
+            st.tuples(st.floats(-0.01, 0.01), st.floats(-180.0, 180.0)),
+            st.tuples(st.floats(89.99, 90.0), st.floats(-180.0, 180.0)),
+            st.tuples(st.floats(-90.0, -89.99), st.floats(-180.0, 180.0)),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+)
+def test_gather_over_a_box_table_finds_what_gather_over_a_dict_finds(points, deletes, probes):
+    """The same entries in the same order, a box holding one item or a list of them."""
+    grid = DistanceGrid(250.0)
+    boxes: dict[int, object] = {}
+    table = BoxTable()
+    for number, point in enumerate(points):
+        box = grid.box(*point)
+        item = (number, point)
+        held = boxes.get(box)
+        boxes[box] = item if held is None else [*held, item] if type(held) is list else [held, item]
+        table[box] = boxes[box]
+    for number in deletes:
+        if number < len(points):
+            box = grid.box(*points[number])
+            if box in boxes:
+                del boxes[box]
+                del table[box]
+    for lat, lon in probes:
+        assert grid.gather_table(table, lat, lon) == grid.gather(boxes, lat, lon)
