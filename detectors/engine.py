@@ -308,23 +308,23 @@ class Detector:
         events: list[IncidentEvent] = []
         pending = self._pending
         timers = self.timers.heap
-        fire = self.book.fire
+        # The compiled core calls a native method directly (no bound method, no argument
+        # parsing) only when it is called on its object: no `process = grouping.process` here.
+        book = self.book
         surge = self.surge
         surge_on = surge.params.enabled
         heappop = heapq.heappop
         grouping = self.grouping
-        process = grouping.process
-        forget = grouping.forget
         expiry = grouping.expiry
         dispatcher = self.dispatcher
-        weight_of = dispatcher.weight
         # the source's weight alone, unless a block or reputation may lower it
         blocking = bool(
             dispatcher.blocked_reporters or dispatcher.blocked_devices or dispatcher.reputation_on
         )
         reputation_on = dispatcher.reputation_on
         source_weights = dispatcher.source_weights
-        burst = self.bursts.observe if self.bursts.on else None
+        bursts = self.bursts
+        bursts_on = bursts.on
         while True:
             if (
                 timers
@@ -335,7 +335,7 @@ class Detector:
                 self._tick(due_ms)
                 if surge_on:
                     events.extend(surge.advance(due_ms))
-                fire(kind, incident_id, due_ms, events)
+                book.fire(kind, incident_id, due_ms, events)
             elif pending and pending[0].ts_ms < limit_ms:
                 report = heappop(pending)
                 ts_ms = report.ts_ms
@@ -343,7 +343,7 @@ class Detector:
                 if clock is None or ts_ms > clock:
                     self.clock_ms = clock = ts_ms
                     if expiry.next_ms < ts_ms:
-                        forget(ts_ms)
+                        grouping.forget(ts_ms)
                 # at the first report at or past the sweep time, whatever moved the clock
                 # (drains end at the watermark): the same report however the input was cut
                 if reputation_on and ts_ms >= self._reputation_sweep_ms:
@@ -351,13 +351,13 @@ class Detector:
                     self._reputation_sweep_ms = (
                         ts_ms // REPUTATION_SWEEP_MS + 1
                     ) * REPUTATION_SWEEP_MS
-                if burst is not None and not report.halo:  # before grouping records history
-                    burst(report)
+                if bursts_on and not report.halo:  # before grouping records history
+                    bursts.observe(report)
                 if surge_on:
                     if surge.due_by(ts_ms):
                         events.extend(surge.advance(ts_ms))
                     if blocking:
-                        weight = weight_of(report)
+                        weight = dispatcher.weight(report)
                     else:
                         source = report.source
                         weight = 1.0 if source is None else source_weights.get(source, 1.0)
@@ -365,11 +365,11 @@ class Detector:
                         produced = surge.observe(report)
                         if produced:
                             events.extend(produced)
-                    produced = process(report, False, weight, clock)
+                    produced = grouping.process(report, False, weight, clock)
                     if produced:
                         events.extend(produced)
                 else:
-                    produced = process(report, False, weight_of(report), clock)
+                    produced = grouping.process(report, False, dispatcher.weight(report), clock)
                     if produced:
                         events.extend(produced)
             else:

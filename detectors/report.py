@@ -138,17 +138,18 @@ def parse_report(
         ts_ms = datetime_to_ms(ts)  # type: ignore[arg-type]
     if not MIN_EPOCH_MS <= ts_ms <= MAX_EPOCH_MS:
         return Rejection("bad_timestamp", _epoch_problem(ts_ms) or "bad timestamp")
+    # positional, in the order of held.FIELDS: the compiled constructor parses no keywords
     return Report(
-        id=wire.id,
-        ts_ms=ts_ms,
-        lat=lat,
-        lon=lon,
-        reporter=wire.reporter,
-        category=taxonomy.resolve(wire.category, wire.tags, wire.text),
-        source=_shared(wire.source),
-        device=wire.device,
-        accuracy_m=wire.accuracy_m,
-        lang=_shared(wire.lang),
+        wire.id,
+        ts_ms,
+        lat,
+        lon,
+        wire.reporter,
+        taxonomy.resolve(wire.category, wire.tags, wire.text),
+        _shared(wire.source),
+        wire.device,
+        wire.accuracy_m,
+        _shared(wire.lang),
     )
 
 

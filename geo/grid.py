@@ -101,24 +101,23 @@ class DistanceGrid:
         columns = self._columns
         shifted = lon + 180.0
         found: list = []
-        get = boxes.get
         for r in (row - 1, row, row + 1):
             width, count = columns.get(r) or self.columns(r)
             col = math.floor(shifted / width) % count
             base = r * _ROW_SPAN
             if count >= 3:
-                bucket = get(base + col)
+                bucket = boxes.get(base + col)
                 if bucket is not None:
                     _collect(found, bucket)
-                bucket = get(base + (col - 1 if col else count - 1))
+                bucket = boxes.get(base + (col - 1 if col else count - 1))
                 if bucket is not None:
                     _collect(found, bucket)
-                bucket = get(base + (col + 1 if col + 1 < count else 0))
+                bucket = boxes.get(base + (col + 1 if col + 1 < count else 0))
                 if bucket is not None:
                     _collect(found, bucket)
             else:
                 for c in range(count):
-                    bucket = get(base + c)
+                    bucket = boxes.get(base + c)
                     if bucket is not None:
                         _collect(found, bucket)
         return found
