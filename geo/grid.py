@@ -10,12 +10,19 @@ across the antimeridian (columns wrap) and near the poles (a row there is a sing
 from __future__ import annotations
 
 import math
-from array import array
 from typing import Any, Final
+
+from librt.vecs import vec
+from mypy_extensions import i64
 
 from geoincident.geo.distance import EARTH_RADIUS_M
 
 _SLACK = 1.001  # over the exact bounds, against rounding at the edges
+# Rows whose columns a grid keeps worked out: a row is kept in the slot of its number modulo
+# this, so no two of any 16,384 consecutive rows (37 degrees of latitude on a grid 250 m wide)
+# take the same slot; a row whose slot another row took is worked out again.
+_KEPT_ROWS: Final = 1 << 14
+_NO_ROW: Final = -(1 << 62)  # in a slot no row has taken yet
 _ROW_SPAN: Final = 1 << 24  # more than any row's column count: box = row * _ROW_SPAN + column
 _ROW_SHIFT: Final = 24
 _COLUMN_MASK: Final = (1 << 24) - 1
@@ -30,19 +37,23 @@ class DistanceGrid:
     around it they are at most one column apart (modulo the row's column count).
     """
 
-    __slots__ = ("lat_step", "_angle", "_columns")
+    __slots__ = ("lat_step", "_angle", "_rows", "_widths", "_counts")
 
     def __init__(self, width_m: float) -> None:
         if not width_m > 0:
             raise ValueError(f"a grid needs a width > 0, not {width_m!r}")
         self._angle = _SLACK * width_m / EARTH_RADIUS_M  # radians of arc
         self.lat_step = math.degrees(self._angle)
-        self._columns: dict[int, tuple[float, int]] = {}
+        # The rows worked out, kept by row number modulo _KEPT_ROWS (a row and its column
+        # width and count, in machine numbers: a lookup makes no object)
+        self._rows = vec[i64]([_NO_ROW] * _KEPT_ROWS)
+        self._widths = vec[float]([0.0] * _KEPT_ROWS)
+        self._counts = vec[i64]([0] * _KEPT_ROWS)
 
     def columns(self, row: int) -> tuple[float, int]:
         """(column width in degrees, number of columns) of a row."""
-        found = self._columns.get(row)
-        if found is None:
+        kept = row & (_KEPT_ROWS - 1)
+        if self._rows[kept] != row:
             step = self.lat_step
             # the most poleward latitude of this row and its two neighbours
             edge = min(90.0, max(abs((row - 1) * step), abs((row + 2) * step)))
@@ -51,22 +62,23 @@ class DistanceGrid:
             count = 1
             if reach < 1.0:
                 count = max(1, int(360.0 / (_SLACK * math.degrees(math.asin(reach)))))
-            found = self._columns[row] = (360.0 / count, count)
-        return found
+            self._rows[kept] = row
+            self._widths[kept] = 360.0 / count
+            self._counts[kept] = count
+        return self._widths[kept], self._counts[kept]
 
     def box(self, lat: float, lon: float) -> int:
         row = math.floor(lat / self.lat_step)
-        width, count = self._columns.get(row) or self.columns(row)
+        width, count = self.columns(row)
         return row * _ROW_SPAN + math.floor((lon + 180.0) / width) % count
 
     def neighbourhood(self, lat: float, lon: float) -> list[int]:
         """The boxes that can hold a point within the width of (lat, lon): 3 x 3 at most."""
         row = math.floor(lat / self.lat_step)
-        columns = self._columns
         shifted = lon + 180.0
         boxes = []
         for r in (row - 1, row, row + 1):
-            width, count = columns.get(r) or self.columns(r)
+            width, count = self.columns(r)
             col = math.floor(shifted / width) % count
             base = r * _ROW_SPAN
             if count >= 3:
@@ -85,7 +97,7 @@ class DistanceGrid:
         shifted = lon + 180.0
         boxes = set()
         for r in range(row - k, row + k + 1):
-            width, count = self._columns.get(r) or self.columns(r)
+            width, count = self.columns(r)
             col = math.floor(shifted / width) % count
             base = r * _ROW_SPAN
             for c in range(col - k, col + k + 1):
@@ -98,11 +110,10 @@ class DistanceGrid:
         holds a non-empty list of items, or (where most boxes hold one, as the free reports'
         do) a single item that is not a list."""
         row = math.floor(lat / self.lat_step)
-        columns = self._columns
         shifted = lon + 180.0
         found: list = []
         for r in (row - 1, row, row + 1):
-            width, count = columns.get(r) or self.columns(r)
+            width, count = self.columns(r)
             col = math.floor(shifted / width) % count
             base = r * _ROW_SPAN
             if count >= 3:
@@ -126,14 +137,13 @@ class DistanceGrid:
         """`gather` over a `BoxTable`: the same entries in the same order as `gather` finds in
         a dict holding what the table holds."""
         row = math.floor(lat / self.lat_step)
-        columns = self._columns
         shifted = lon + 180.0
         found: list = []
         keys = table._keys
         values = table._values
         mask = table._mask
         for r in (row - 1, row, row + 1):
-            width, count = columns.get(r) or self.columns(r)
+            width, count = self.columns(r)
             col = math.floor(shifted / width) % count
             base = r * _ROW_SPAN
             if count >= 3:
@@ -146,12 +156,11 @@ class DistanceGrid:
         return found
 
 
-def _probe(found: list, keys: array[int], values: list[Any], mask: int, box: int) -> None:
+def _probe(found: list, keys: vec[i64], values: list[Any], mask: int, box: int) -> None:
     """Collect what a table (its keys, values and mask) holds in a box into `found`."""
     slot = _home(box, mask)
     while True:
-        # None where the slot is empty: read from the list with no int made, unlike the array,
-        # and (compared only) without touching the object there
+        # None where the slot is empty (compared only: the object there is not touched)
         if values[slot] is None:
             return
         if keys[slot] == box + box + 1:
@@ -180,13 +189,13 @@ _SLOT_BITS: Final = 61
 
 
 class BoxCounts:
-    """How many of something each box of a grid holds (`get` says 0 for boxes holding none): an
-    array of machine integers, each the box and its count in one, found by linear probing and
-    kept between a quarter and half full. A box costs 16 to 32 bytes, where a dict[int, int]
-    costs it an int object of 32 bytes, an entry of 24 and its share of the index. Removing
-    shifts back the entries after the emptied slot that probed past it, so no slot is ever left
-    marked deleted. A count too large for its bits (millions in one box, on grids of ordinary
-    widths) keeps the rest in a dict."""
+    """How many of something each box of a grid holds (`get` says 0 for boxes holding none): a
+    vector of machine integers (`vec[i64]`), each the box and its count in one, found by
+    linear probing and kept between a quarter and half full. A box costs 16 to 32 bytes, where
+    a dict[int, int] costs it an int object of 32 bytes, an entry of 24 and its share of the
+    index. Removing shifts back the entries after the emptied slot that probed past it, so no
+    slot is ever left marked deleted. A count too large for its bits (millions in one box, on
+    grids of ordinary widths) keeps the rest in a dict."""
 
     __slots__ = ("_slots", "_mask", "_shift", "_full", "_over", "size")
 
@@ -196,7 +205,7 @@ class BoxCounts:
         count_bits = _SLOT_BITS - _ROW_SHIFT - rows.bit_length() - 1
         if count_bits < 1:
             raise ValueError(f"a grid {grid.lat_step!r} degrees high is too fine to count in")
-        self._slots: array[int] = array("q", bytes(8 * _LEAST_SLOTS))  # 0: an empty slot
+        self._slots = _zeros(_LEAST_SLOTS)  # 0: an empty slot
         self._mask = _LEAST_SLOTS - 1
         self._shift = count_bits
         # a count field this high holds the most it can; what is over it is in _over
@@ -279,7 +288,7 @@ class BoxCounts:
 
     def _resize(self, size: int) -> None:
         old = self._slots
-        slots: array[int] = array("q", bytes(8 * size))
+        slots = _zeros(size)
         mask = size - 1
         shift = self._shift
         for held in old:
@@ -294,24 +303,23 @@ class BoxCounts:
 
 class BoxTable:
     """One object (not None) for each box of a grid, as a dict[int, object] would hold them:
-    the boxes in an array of machine integers, each slot 2 * box + 1 (never 0, which marks an
+    the boxes in a vector of machine integers, each slot 2 * box + 1 (never 0, which marks an
     empty slot; boxes are 0 or negative too), and the objects in a list beside it, slot for
     slot, None in the empty ones. Linear probing, resized as `BoxCounts` is (doubled past half
     full, halved under an eighth), backward-shift removal. A box costs 16 bytes a slot, 32 to
     128 bytes (about 48 at a quarter full), where a dict costs it an int object of 32 bytes, an
     entry of 24 and its share of the index.
 
-    The compiled code reads an item of the array as a new int object (and its index as
-    another, past 256), where an item of the list is read natively (and compared to None
-    without touching the object there): every probe, shift and resize looks at the list first,
-    and at the array only where the slot is taken. It computes 2 * box + 1 as
-    box + box + 1: the compiled code multiplies machine integers only below 2**30, and adds
-    them below 2**62."""
+    The boxes are a vector of machine integers (librt's `vec[i64]`), which the compiled code
+    reads and writes as C does an array, making no int object. Every probe, shift and resize
+    looks at the list first (None: an empty slot), and at the keys only where the slot is
+    taken. It computes 2 * box + 1 as box + box + 1: the compiled code multiplies machine
+    integers only below 2**30, and adds them below 2**62."""
 
     __slots__ = ("_keys", "_values", "_mask", "size")
 
     def __init__(self) -> None:
-        self._keys: array[int] = array("q", bytes(8 * _LEAST_SLOTS))  # 0: an empty slot
+        self._keys = _zeros(_LEAST_SLOTS)  # 0: an empty slot
         self._values: list[Any] = [None] * _LEAST_SLOTS  # None in every empty slot
         self._mask = _LEAST_SLOTS - 1
         self.size = 0  # boxes held
@@ -420,7 +428,7 @@ class BoxTable:
     def _resize(self, size: int) -> None:
         old_keys = self._keys
         old_values = self._values
-        keys: array[int] = array("q", bytes(8 * size))
+        keys = _zeros(size)
         values: list[Any] = [None] * size
         mask = size - 1
         for position in range(len(old_values)):
@@ -434,6 +442,11 @@ class BoxTable:
         self._keys = keys
         self._values = values
         self._mask = mask
+
+
+def _zeros(size: int) -> vec[i64]:
+    """`size` machine integers, all 0."""
+    return vec[i64]([0] * size)
 
 
 def _home(box: int, mask: int) -> int:
