@@ -146,27 +146,13 @@ def parse_report(
         lon,
         wire.reporter,
         taxonomy.resolve(wire.category, wire.tags, wire.text),
-        _shared(wire.source),
+        # reports of the same source and language share their strings: a Report holds the
+        # two in an Origin that reports share (held.py)
+        wire.source,
         wire.device,
         wire.accuracy_m,
-        _shared(wire.lang),
+        wire.lang,
     )
-
-
-# Sources and language tags come from small vocabularies: one string object each, instead of
-# one per report held in the windows (bounded, so junk values cannot grow it).
-_SHARED: dict[str, str] = {}
-
-
-def _shared(value: str | None) -> str | None:
-    if value is None:
-        return None
-    found = _SHARED.get(value)
-    if found is None:
-        if len(_SHARED) < 10_000:
-            _SHARED[value] = value
-        return value
-    return found
 
 
 _RFC3339 = re.compile(
