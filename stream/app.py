@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -1023,7 +1024,51 @@ def use_uvloop() -> str:
     import mode.loop
 
     mode.loop.use("uvloop")
+    guard_kafka_writes()
     return "uvloop"
+
+
+def guard_kafka_writes() -> None:
+    """Make a request written to a connection whose transport uvloop has closed fail as a
+    connection error, as it does under asyncio.
+
+    aiokafka (pinned in pyproject.toml) turns an OSError from writing a request into a
+    KafkaConnectionError, which every caller of it retries. uvloop raises RuntimeError instead
+    ("the handler is closed") when the broker reset the connection and the transport closed
+    before aiokafka's reader noticed (aio-libs/aiokafka#1038). That error escapes the retries
+    and ends whichever background task of the client wrote the request: the group consumer's
+    fetcher (nothing is consumed any more) or its metadata synchronizer (a group coordinator
+    lost in a broker outage is then never looked up again, so no offset is committed after
+    it). A broker outage makes the race likely: every connection is reset at once while the
+    clients keep writing. Here the connection is closed and the error is the one aiokafka
+    raises for a broken connection."""
+    from aiokafka import conn as kafka_conn
+    from aiokafka.errors import KafkaConnectionError
+
+    connection = kafka_conn.AIOKafkaConnection
+    if getattr(connection, "_geoincident_guarded", False):
+        return
+
+    def guarded(write: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(write)
+        def guarded_write(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return write(self, *args, **kwargs)
+            except RuntimeError as error:
+                writer = self._writer
+                if writer is None or not writer.transport.is_closing():
+                    raise
+                self.close(reason=kafka_conn.CloseReason.CONNECTION_BROKEN)
+                raise KafkaConnectionError(
+                    f"Connection at {self._host}:{self._port} broken: {error}"
+                ) from error
+
+        return guarded_write
+
+    # the two methods that write to the transport (requests, and SASL tokens when connecting)
+    connection.send = guarded(connection.send)  # type: ignore[method-assign]
+    connection._send_sasl_token = guarded(connection._send_sasl_token)  # type: ignore[method-assign]
+    connection._geoincident_guarded = True  # type: ignore[attr-defined]
 
 
 SHUTDOWN_GRACE_S = 15.0
