@@ -60,7 +60,7 @@ from geoincident.detectors.report import Report
 from geoincident.detectors.reputation import Reputation
 from geoincident.detectors.timefmt import format_ms
 from geoincident.geo.distance import haversine_m
-from geoincident.geo.grid import DistanceGrid
+from geoincident.geo.grid import BoxTable, DistanceGrid
 
 if TYPE_CHECKING:
     from geoincident.detectors.dispatch import Dispatcher
@@ -153,9 +153,9 @@ class NewReporterBursts:
         self._fewest = max(params.min_reporters, params.min_devices)
         self._grid = DistanceGrid(params.radius_m)
         self._reach = DistanceGrid(2 * params.radius_m)
-        # category -> box -> first-time reports (the reports themselves), in (event time, id)
-        # order
-        self._recent: dict[str, dict[int, list[Report]]] = {}
+        # category -> box -> first-time reports: the report itself where it is alone in its box
+        # (most boxes), a list in (event time, id) order where two or more are
+        self._recent: dict[str, BoxTable] = {}
         # category -> the same reports, for snapshots: in event-time order as they came, and
         # apart the late ones (processed behind the latest of their category), in order too
         self._order: dict[str, deque[Report]] = {}
@@ -184,17 +184,10 @@ class NewReporterBursts:
         category, lat, lon = report.category, report.lat, report.lon
         boxes = self._recent.get(category)
         if boxes is None:
-            boxes = self._recent[category] = {}
+            boxes = self._recent[category] = BoxTable()
         self._remember(category, report)
-        box = self._grid.box(lat, lon)
-        held = boxes.get(box)
-        if held is None:
-            boxes[box] = [report]
-        elif not report < held[-1]:
-            held.append(report)
-        else:  # a late report
-            bisect.insort(held, report)
-        around = self._grid.gather(boxes, lat, lon)
+        _hold(boxes, self._grid.box(lat, lon), report)
+        around = self._grid.gather_table(boxes, lat, lon)
         going = self._going_on(category, lat, lon, ts_ms) if category in self._bursts else None
         if going is None and len(around) < self._fewest:
             return  # too few first reports around to make a burst: the usual case, made cheap
@@ -310,16 +303,17 @@ class NewReporterBursts:
         when this runs."""
         oldest_ms = now_ms - self._window_ms
         for boxes in self._recent.values():
-            gone = []
-            for box, held in boxes.items():
-                if held[0].ts_ms > oldest_ms:
-                    continue  # the usual case: a box of one report, or all of them recent
-                if held[-1].ts_ms <= oldest_ms:
-                    gone.append(box)
-                else:
+            for box in boxes.held_boxes():
+                held = boxes.get(box)
+                if type(held) is not list:
+                    if held.ts_ms <= oldest_ms:
+                        boxes.pop(box)
+                elif held[-1].ts_ms <= oldest_ms:
+                    boxes.pop(box)
+                elif held[0].ts_ms <= oldest_ms:
                     del held[: bisect.bisect_right(held, oldest_ms, key=_ts)]
-            for box in gone:
-                del boxes[box]
+                    if len(held) == 1:
+                        boxes.set(box, held[0])
         for order in self._order.values():  # the same reports as the boxes keep
             while order and order[0].ts_ms <= oldest_ms:
                 order.popleft()
@@ -333,7 +327,9 @@ class NewReporterBursts:
                     bursts[box] = on
                 else:
                     del bursts[box]
-        for table in (self._recent, self._bursts, self._order, self._late):
+        for category in [c for c, boxes in self._recent.items() if not len(boxes)]:
+            del self._recent[category]
+        for table in (self._bursts, self._order, self._late):
             for category in [c for c, held in table.items() if not held]:
                 del table[category]
         self._sweep_ms = (now_ms // self._window_ms + 1) * self._window_ms
@@ -386,8 +382,9 @@ class NewReporterBursts:
         self._recent = {}
         self._order = {}
         self._late = {}
+        recent: dict[str, dict[int, list[Report]]] = {}
         for category, ts_ms, report_id, lat, lon, reporter, device in snapshot["recent"]:
-            boxes = self._recent.setdefault(category, {})
+            boxes = recent.setdefault(category, {})
             # what the bursts read of a report: its time, place, reporter and device
             first = Report(
                 id=report_id,
@@ -400,13 +397,29 @@ class NewReporterBursts:
             )
             boxes.setdefault(self._grid.box(lat, lon), []).append(first)
             self._remember(category, first)
-        for boxes in self._recent.values():
-            for held in boxes.values():
+        for category, boxes in recent.items():
+            table = self._recent[category] = BoxTable()
+            for box, held in boxes.items():
                 held.sort()
+                table.set(box, held if len(held) > 1 else held[0])
         self._bursts = {}
         for category, lat, lon, declared_ms, last_ms in snapshot["on"]:
             self._file(category, _On(float(lat), float(lon), int(declared_ms), int(last_ms)))
         self._sweep_ms = int(snapshot["sweep_ms"])
+
+
+def _hold(boxes: BoxTable, box: int, report: Report) -> None:
+    """A first-time report into its box, in (event time, id) order (a late one included)."""
+    held = boxes.get(box)
+    if held is None:
+        boxes.set(box, report)
+    elif type(held) is list:
+        if not report < held[-1]:
+            held.append(report)
+        else:  # a late report
+            bisect.insort(held, report)
+    else:
+        boxes.set(box, [held, report] if held < report else [report, held])
 
 
 class Rows:

@@ -383,6 +383,12 @@ class BoxTable:
         else:
             self._empty(slot)
 
+    def held_boxes(self) -> list[int]:
+        """The boxes held, in no particular order (a list: the table may change after)."""
+        keys = self._keys
+        values = self._values
+        return [keys[slot] >> 1 for slot in range(len(values)) if values[slot] is not None]
+
     def pop(self, box: int) -> Any:
         """Remove the box and return its object (KeyError if it holds none)."""
         slot = self._find(box)

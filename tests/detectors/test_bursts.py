@@ -230,9 +230,14 @@ def _held(bursts) -> list[tuple]:
     return sorted(
         (category, r.ts_ms, r.id, r.lat, r.lon, r.reporter, device_key(r))
         for category, boxes in bursts._recent.items()
-        for held in boxes.values()
-        for r in held
+        for box in boxes.held_boxes()
+        for r in _listed(boxes.get(box))
     )
+
+
+def _listed(held) -> list:
+    """What a box holds as a list: the report itself where it is alone, else its list."""
+    return held if isinstance(held, list) else [held]
 
 
 def test_a_snapshot_lists_exactly_the_held_reports_late_ones_included():
