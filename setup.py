@@ -181,6 +181,24 @@ class OptionalBuildExt(build_ext):
                 self.extensions = []
         if not self.extensions and (self.inplace or self.editable_mode):
             self._remove_in_place()
+        elif self.inplace or self.editable_mode:
+            self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        """An editable install that compiles removes the extensions an earlier build put beside
+        the sources of modules it no longer compiles (taken off COMPILED): such an extension
+        would be imported instead of the module's source, and fail to load its part of the
+        shared library, which no longer has it."""
+        build_py = self.get_finalized_command("build_py")
+        compiled = set(map(_installed_module, COMPILED))
+        for directory, installed in TYPED_PACKAGES.items():
+            package = installed.replace("/", ".")
+            beside = Path(build_py.get_package_dir(package))
+            for source in sorted((ROOT / directory).glob("*.py")):
+                if f"{package}.{source.stem}" in compiled:
+                    continue
+                for suffix in EXTENSION_SUFFIXES:
+                    (beside / f"{source.stem}{suffix}").unlink(missing_ok=True)
 
     def _remove_in_place(self) -> None:
         """An editable install that compiles nothing this time removes what an earlier build
