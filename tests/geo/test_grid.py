@@ -34,6 +34,23 @@ def test_a_point_within_the_width_is_in_the_neighbourhood(lat, lon, width, fract
     assert grid.box(other_lat, other_lon) in grid.neighbourhood(lat, lon)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    lats=st.lists(st.floats(-89.0, 89.0), min_size=1, max_size=20),
+    lon=st.floats(-180.0, 180.0),
+    width=st.sampled_from([10.0, 250.0]),
+)
+def test_rows_that_share_a_kept_slot_give_the_same_boxes_as_a_fresh_grid(lats, lon, width):
+    """A grid keeps a row's columns in the slot of its number modulo 16,384: rows that many
+    apart take turns in one slot, and every box is still the one a fresh grid computes."""
+    grid = DistanceGrid(width)
+    span = (1 << 14) * grid.lat_step  # rows this far apart share a slot
+    points = [p for lat in lats for p in (lat, lat + span, lat - span) if -90.0 <= p <= 90.0]
+    for lat in points:
+        assert grid.box(lat, lon) == DistanceGrid(width).box(lat, lon)
+        assert grid.neighbourhood(lat, lon) == DistanceGrid(width).neighbourhood(lat, lon)
+
+
 def test_edges_of_rows_and_columns_and_the_antimeridian():
     grid = DistanceGrid(250.0)
     step = grid.lat_step
