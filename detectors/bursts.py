@@ -303,8 +303,7 @@ class NewReporterBursts:
         when this runs."""
         oldest_ms = now_ms - self._window_ms
         for boxes in self._recent.values():
-            for box in boxes.held_boxes():
-                held = boxes.get(box)
+            for box, held in boxes.items():
                 if type(held) is not list:
                     if held.ts_ms <= oldest_ms:
                         boxes.pop(box)
@@ -382,9 +381,10 @@ class NewReporterBursts:
         self._recent = {}
         self._order = {}
         self._late = {}
-        recent: dict[str, dict[int, list[Report]]] = {}
         for category, ts_ms, report_id, lat, lon, reporter, device in snapshot["recent"]:
-            boxes = recent.setdefault(category, {})
+            boxes = self._recent.get(category)
+            if boxes is None:
+                boxes = self._recent[category] = BoxTable()
             # what the bursts read of a report: its time, place, reporter and device
             first = Report(
                 id=report_id,
@@ -395,13 +395,8 @@ class NewReporterBursts:
                 category=category,
                 device=device[2:] if device.startswith("d:") else None,
             )
-            boxes.setdefault(self._grid.box(lat, lon), []).append(first)
+            _hold(boxes, self._grid.box(lat, lon), first)
             self._remember(category, first)
-        for category, boxes in recent.items():
-            table = self._recent[category] = BoxTable()
-            for box, held in boxes.items():
-                held.sort()
-                table.set(box, held if len(held) > 1 else held[0])
         self._bursts = {}
         for category, lat, lon, declared_ms, last_ms in snapshot["on"]:
             self._file(category, _On(float(lat), float(lon), int(declared_ms), int(last_ms)))

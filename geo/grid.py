@@ -383,11 +383,16 @@ class BoxTable:
         else:
             self._empty(slot)
 
-    def held_boxes(self) -> list[int]:
-        """The boxes held, in no particular order (a list: the table may change after)."""
+    def items(self) -> list[tuple[int, Any]]:
+        """(box, object) of every box held, in no particular order (a list: the table may
+        change after)."""
         keys = self._keys
         values = self._values
-        return [keys[slot] >> 1 for slot in range(len(values)) if values[slot] is not None]
+        return [
+            (keys[slot] >> 1, values[slot])
+            for slot in range(len(values))
+            if values[slot] is not None
+        ]
 
     def pop(self, box: int) -> Any:
         """Remove the box and return its object (KeyError if it holds none)."""

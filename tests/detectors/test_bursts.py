@@ -230,8 +230,8 @@ def _held(bursts) -> list[tuple]:
     return sorted(
         (category, r.ts_ms, r.id, r.lat, r.lon, r.reporter, device_key(r))
         for category, boxes in bursts._recent.items()
-        for box in boxes.held_boxes()
-        for r in _listed(boxes.get(box))
+        for _, held in boxes.items()
+        for r in _listed(held)
     )
 
 
