@@ -189,22 +189,24 @@ class OptionalBuildExt(build_ext):
         the sources of modules it no longer compiles (taken off COMPILED): such an extension
         would be imported instead of the module's source, and fail to load its part of the
         shared library, which no longer has it."""
-        build_py = self.get_finalized_command("build_py")
         compiled = set(map(_installed_module, COMPILED))
-        for directory, installed in TYPED_PACKAGES.items():
-            package = installed.replace("/", ".")
-            beside = Path(build_py.get_package_dir(package))
-            for source in sorted((ROOT / directory).glob("*.py")):
-                if f"{package}.{source.stem}" in compiled:
-                    continue
-                for suffix in EXTENSION_SUFFIXES:
-                    (beside / f"{source.stem}{suffix}").unlink(missing_ok=True)
+        typed = [
+            f"{installed.replace('/', '.')}.{source.stem}"
+            for directory, installed in TYPED_PACKAGES.items()
+            for source in sorted((ROOT / directory).glob("*.py"))
+        ]
+        self._remove_extensions([name for name in typed if name not in compiled])
 
     def _remove_in_place(self) -> None:
         """An editable install that compiles nothing this time removes what an earlier build
         put beside the sources, which would otherwise go on running."""
+        self._remove_extensions(
+            [f"{GROUP}__mypyc", _manifest_module(), *map(_installed_module, COMPILED)]
+        )
+
+    def _remove_extensions(self, names: list[str]) -> None:
+        """Remove the extensions of these modules (full names) from beside their sources."""
         build_py = self.get_finalized_command("build_py")
-        names = [f"{GROUP}__mypyc", _manifest_module(), *map(_installed_module, COMPILED)]
         for fullname in names:
             package, _, name = fullname.rpartition(".")
             directory = Path(build_py.get_package_dir(package))
