@@ -63,7 +63,9 @@ class KeyTracker:
         # the order they came (the report itself when it is the only one). Most keys of a
         # national stream hold a single report (a district reports a category a few times a
         # day), so a key costs no tuple of its own and a report held no entry of its own until
-        # its key is promoted.
+        # its key is promoted. A region moves to the end of its dict when it holds a new
+        # report: the regions are in the order of their newest report, the event-time order
+        # the detector processes reports in, and the sweep lets go of them from the front.
         self.sparse: dict[tuple[str, str], dict[int, Held]] = {}
         # sorted, so sums over languages add up in the same order in every process
         self.langs: tuple[str, ...] = ()
@@ -107,14 +109,19 @@ class KeyTracker:
         regions = self.sparse.get((category, lang))
         if regions is None:
             regions = self.sparse[(category, lang)] = {}
+        before = regions.pop(region, None)
+        if before is None:  # the usual case: the region's first report in a short window
+            regions[region] = report
+            if sweep:
+                self.schedule_sweep(now_ms)
+            return None
         since_ms = ts_ms - self.window_ms
-        held = (*[r for r in _reports(regions.get(region)) if r.ts_ms > since_ms], report)
+        held = (*[r for r in _reports(before) if r.ts_ms > since_ms], report)
         if len(held) < PROMOTE_AFTER:
             regions[region] = held if len(held) > 1 else report
             if sweep:
                 self.schedule_sweep(now_ms)
             return None
-        regions.pop(region, None)
         key = self._key_for(key_id, ts_ms, now_ms)
         count = self.baseline.count
         for held_entry in sorted([entry_of(r) for r in held]):
@@ -139,21 +146,31 @@ class KeyTracker:
 
     def sweep(self, now_ms: int) -> None:
         """Let go of holds older than the short window; runs every SWEEP_MS of event time, and
-        on EVICT_EVERY_MS boundaries also forgets keys that can no longer matter."""
+        on EVICT_EVERY_MS boundaries also forgets keys that can no longer matter.
+
+        Each dict of regions is in the order of their newest report, so the sweep stops at its
+        first region with a report inside the short window: it looks at the holds it lets go
+        of, not at every hold every minute. A report processed late (behind the detector's
+        clock) may leave an older hold behind a fresher one, to be let go of by a later sweep;
+        what a hold gives is read within the short window anyway (`hold_or_promote`,
+        `SurgeDetector.background`), so no decision depends on when it goes."""
         keys = self.keys
         if now_ms % EVICT_EVERY_MS == 0:
             self._evict(now_ms)
         horizon = now_ms - self.window_ms
-        sparse = {}
+        emptied = []
         for pair, regions in self.sparse.items():
-            kept = {
-                region: held
-                for region, held in regions.items()
-                if _reports(held)[-1].ts_ms > horizon
-            }
-            if kept:
-                sparse[pair] = kept
-        self.sparse = sparse
+            stale = []
+            for region, held in regions.items():
+                if _reports(held)[-1].ts_ms > horizon:
+                    break
+                stale.append(region)
+            for region in stale:
+                del regions[region]
+            if not regions:
+                emptied.append(pair)
+        for pair in emptied:
+            del self.sparse[pair]
         if keys or self.sparse:
             self.timers.add(now_ms + SWEEP_MS, SWEEP, None, None)
         else:
