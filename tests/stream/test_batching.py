@@ -1,7 +1,9 @@
-"""The batch delivery leans on faust-streaming's private consumer internals: pin them.
+"""The batch delivery leans on faust-streaming's private consumer internals, and routing
+(stream/sharded.py) on its producer's: pin them.
 
 If any of these fails after an upgrade, re-read stream/batching.py against the new Faust
-consumer, re-run the kill -9 test (tests/integration/test_worker.py), then update the digests.
+consumer (and `ShardedWorker._send_routed` against its producer), re-run the kill -9 test
+(tests/integration/test_worker.py) and the scale-out tests, then update the digests.
 """
 
 import hashlib
@@ -28,6 +30,8 @@ PINNED_SOURCES = {
         faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer,
         "c2701bfc3e6f6cad",
     ),
+    # routing sends its batches of records on the aiokafka producer this gives
+    "_ensure_producer": (faust_aiokafka.Producer._ensure_producer, "5592a4bbdf251325"),
 }
 
 
@@ -65,6 +69,15 @@ def test_aiokafka_still_reads_the_fetch_wait_from_where_it_is_set():
 
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
     assert version("aiokafka") == "0.14.0"
+
+
+def test_routing_sends_batches_on_the_producer_faust_started():
+    from aiokafka import AIOKafkaProducer
+
+    source = inspect.getsource(faust_aiokafka.Producer.on_start)
+    assert "producer = self._producer = self._new_producer()" in source
+    for method in ("create_batch", "send_batch"):
+        assert callable(getattr(AIOKafkaProducer, method)), method
 
 
 def test_the_batching_consumer_is_the_aiokafka_driver_consumer():
