@@ -31,6 +31,7 @@ PURE_ENV = "GEOINCIDENT_PURE_PYTHON"
 COMPILED = [
     "geo/distance.py",
     "geo/grid.py",
+    "geo/regions.py",
     "detectors/bursts.py",
     "detectors/chance.py",
     "detectors/clusters.py",

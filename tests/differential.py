@@ -10,7 +10,9 @@ of its standard input with its result on a line of standard output.
 
 A scenario is JSON: {"profile": a key of PROFILES, "steps": [...]}, each step one of
 ["reports", [line, ...]] (a batch; lines as latin-1 text, so any bytes fit),
-["action", {...}] (see `_action_value`) and ["restart"].
+["action", {...}] (see `_action_value`) and ["restart"]. A routing scenario,
+{"regions": [resolution, cell resolution, halo_m, partitions], "points": [[lat, lon], ...]},
+asks scale-out's routing (geo/regions.py) where each point goes: `route` and `targets`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from geoincident.detectors import DetectorParams
 from geoincident.detectors.bursts import BurstParams
 from geoincident.detectors.params import CategoryParams
 from geoincident.detectors.surge import SurgeParams
+from geoincident.geo.regions import RegionMap
 from geoincident.stream.checkpoint import decode, encode
 from geoincident.stream.replay import replay_core
 from geoincident.stream.runtime import Outputs, WorkerCore
@@ -167,6 +170,18 @@ def run(scenario: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def route(scenario: dict[str, Any]) -> dict[str, Any]:
+    """Each point's owning region and halo regions, and their partitions."""
+    resolution, cell_resolution, halo_m, partitions = scenario["regions"]
+    regions = RegionMap(resolution, cell_resolution, float(halo_m), partitions)
+    routes = []
+    for lat, lon in scenario["points"]:
+        region, halo = regions.route(lat, lon)
+        owner, others = regions.targets(lat, lon)
+        routes.append([region, halo, owner, others])
+    return {"routes": routes}
+
+
 def mode() -> dict[str, Any]:
     """How this process runs the core: the switch's verdict and where the engine came from."""
     return {"compiled": compiled.COMPILED, "engine": geoincident.detectors.engine.__file__}
@@ -176,7 +191,12 @@ def main() -> None:
     out = sys.stdout
     for request in sys.stdin:
         scenario = json.loads(request)
-        answer = mode() if scenario == "mode" else run(scenario)
+        if scenario == "mode":
+            answer = mode()
+        elif "regions" in scenario:
+            answer = route(scenario)
+        else:
+            answer = run(scenario)
         out.write(json.dumps(answer) + "\n")
         out.flush()
 

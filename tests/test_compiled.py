@@ -307,3 +307,44 @@ def test_a_simulated_city_replays_to_the_same_bytes(tmp_path):
         outputs[mode] = (out.read_bytes(), Path(f"{out}.dlq.jsonl").read_bytes())
     assert outputs["compiled"][0].count(b'"event":"opened"') > 10
     assert outputs["compiled"] == outputs["pure"]
+
+
+# ------------------------------------------------------------------------------ routing
+
+# Region corners around SPOT (H3 resolution 7): where three regions meet, every nearby point
+# is in the halo of the two it is not in.
+CORNERS = [tuple(v) for v in h3.cell_to_boundary(h3.latlng_to_cell(*SPOT, 7))]
+
+
+@st.composite
+def routings(draw) -> dict:
+    """Points over a city and right at region corners, routed over regions of resolution 7
+    (surge cells of 9) with a halo of any width."""
+    points = []
+    for _ in range(draw(st.integers(1, 40))):
+        if draw(st.booleans()):
+            origin = draw(st.sampled_from(CORNERS))
+            distance = draw(st.sampled_from([0.0, 0.5, 20.0, 140.0, 400.0, 900.0]))
+        else:
+            origin = SPOT
+            distance = float(draw(st.integers(0, 8000)))
+        points.append(list(destination(*origin, draw(st.integers(0, 359)), distance)))
+    halo_m = draw(st.sampled_from([0.0, 150.0, 500.0, 1200.0]))
+    return {"regions": [7, 9, halo_m, draw(st.sampled_from([1, 4, 16]))], "points": points}
+
+
+@settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=routings())
+def test_compiled_and_pure_python_route_alike(pure_python, scenario):
+    assert compiled.COMPILED, f"nothing to compare: {compiled.REASON}"
+    mine = json.loads(json.dumps(differential.route(scenario)))
+    assert pure_python(scenario) == mine
+
+
+def test_the_routing_comparison_sees_halos(pure_python):
+    """A point at a corner of three regions, with a halo: it is routed to the other two."""
+    scenario = {"regions": [7, 9, 500.0, 16], "points": [list(CORNERS[0])]}
+    mine = differential.route(scenario)
+    ((_, halo, _, _),) = mine["routes"]
+    assert len(halo) == 2
+    assert pure_python(scenario) == json.loads(json.dumps(mine))
