@@ -52,9 +52,12 @@ CHECKPOINT_SHARE = 0.05
 CHECKPOINT_MAX_INTERVAL_S = 30.0
 
 
-def checkpoint_interval(spent_s: float) -> float:
-    """Seconds until the next checkpoint after one that took `spent_s`."""
-    return min(CHECKPOINT_MAX_INTERVAL_S, max(CHECKPOINT_INTERVAL_S, spent_s / CHECKPOINT_SHARE))
+def checkpoint_interval(spent_s: float, partitions: int = 1) -> float:
+    """Seconds until the next checkpoint after one that took `spent_s`. `partitions`: how many
+    checkpoint on their own in this process (a scaled-out worker's routed partitions), which
+    share CHECKPOINT_SHARE between them: together they take no more of its time than one."""
+    share = CHECKPOINT_SHARE / max(1, partitions)
+    return min(CHECKPOINT_MAX_INTERVAL_S, max(CHECKPOINT_INTERVAL_S, spent_s / share))
 
 
 # A range read again that gets no record for this many 200 ms polls has stalled; it is retried

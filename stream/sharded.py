@@ -462,7 +462,9 @@ class ShardedWorker(Worker):
                 self.state.data[key] = value
                 self.state.send_changelog(partition, key, value)
         self._last_checkpoint[partition] = now = time.monotonic()
-        self._checkpoint_every[partition] = checkpoint_interval(now - started)
+        self._checkpoint_every[partition] = checkpoint_interval(
+            now - started, partitions=len(self.cores)
+        )
         log.debug(logfmt("checkpoint", partition=partition, seq=core.checkpoint_seq))
 
     def stats(self) -> dict:

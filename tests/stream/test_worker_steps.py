@@ -238,6 +238,10 @@ def test_a_slow_checkpoint_spaces_out_the_next_ones():
     assert checkpoint_interval(0.001) == 1.0  # a few kB: once a second
     assert checkpoint_interval(0.08) == pytest.approx(1.6)  # 5 % of the time at most
     assert checkpoint_interval(10.0) == 30.0  # a restart never reads more than 30 s again
+    # four routed partitions checkpointing on their own share the 5 % between them
+    assert checkpoint_interval(0.02, partitions=4) == pytest.approx(1.6)
+    assert checkpoint_interval(0.02, partitions=1) == 1.0
+    assert checkpoint_interval(0.001, partitions=0) == 1.0
 
 
 def test_an_actions_partition_missing_from_the_assignment_is_read_while_alone(
