@@ -12,7 +12,8 @@ unreliable):
 
 1. raw aiokafka `getmany` + orjson decode (the ceiling of any Python consumer here);
 2. raw aiokafka `getmany` + our detector core: every fetched batch to `WorkerCore.on_reports`
-   (the ceiling for our work: nothing produced, no commits);
+   (the ceiling for our work: nothing produced, no commits; the garbage collector set as in
+   every geoincident process);
 3. a stock per-event Faust agent with the naive job (orjson + H3 res 9 + a dict update);
 4. the same job on Quix Streams (in its own virtualenv, built on first use);
 5. `geoincident worker`, timed by polling its `/stats` totals every 50 ms, from the first poll
@@ -187,11 +188,15 @@ async def _child_raw(args: argparse.Namespace) -> None:
 
     started = time.perf_counter()
     if args.kind == "raw-core":
+        import gc
         from collections import Counter
 
+        from geoincident.stream.cli import GC_THRESHOLDS
         from geoincident.stream.config import load_settings
         from geoincident.stream.runtime import WorkerCore
 
+        # the collector's thresholds of every geoincident process (stream/cli.py)
+        gc.set_threshold(*GC_THRESHOLDS)
         core = WorkerCore(load_settings().detector_params(), args.topic)
         # as the worker does on assignment: event time waits to hear from every partition
         core.assigned(range(args.partitions), time.time_ns() // 1_000_000)
@@ -1177,7 +1182,7 @@ class Bench:
                 data["scale"]["ratio"] = two.rate / one.rate
                 two.notes.insert(0, f"**{two.rate / one.rate:.2f}x** the 1-process rate")
         rows[0].notes.insert(0, "no commits")
-        rows[1].notes.insert(0, "outputs not produced, no commits")
+        rows[1].notes.insert(0, "outputs not produced, no commits; the worker's GC thresholds")
         return rows, data
 
 
