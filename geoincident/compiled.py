@@ -119,7 +119,7 @@ def setup() -> None:
 
 
 def describe() -> str:
-    """One line for logs and summaries: `compiled (mypyc, 19 modules)` or `pure Python (...)`."""
+    """One line for logs and summaries: `compiled (mypyc, 20 modules)` or `pure Python (...)`."""
     if COMPILED:
         return f"compiled (mypyc, {len(MODULES)} modules)"
     return f"pure Python ({REASON})"
