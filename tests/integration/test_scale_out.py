@@ -5,7 +5,6 @@ nothing (stream/routing.py, stream/sharded.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import math
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from geoincident.geo import destination, haversine_m
 from geoincident.stream.config import Settings, load_settings
@@ -28,6 +26,7 @@ from geoincident.stream.routing import REPORT, open_routed
 from tests.integration.workers import (
     Tail,
     WorkerProcess,
+    consume_records,
     create_topics,
     produce_to_partitions,
     topic_names,
@@ -281,31 +280,6 @@ def by_reporter(values: list[bytes]) -> dict[int, list[bytes]]:
     return by_partition
 
 
-def records(bootstrap: str, topic: str, settle_s: float = 2.0, timeout_s: float = 120.0) -> list:
-    """Every record of a topic (aiokafka's, with partition, offset and timestamp), read until
-    it has been quiet for `settle_s` (no longer than `timeout_s`)."""
-
-    async def run() -> list:
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        found: list = []
-        quiet_since = started = time.monotonic()
-        try:
-            while time.monotonic() - quiet_since < settle_s:
-                assert time.monotonic() - started < timeout_s, f"{topic} never went quiet"
-                batch = await consumer.getmany(timeout_ms=200)
-                for messages in batch.values():
-                    found += messages
-                    quiet_since = time.monotonic()
-        finally:
-            await consumer.stop()
-        return found
-
-    return asyncio.run(run())
-
-
 def test_replay_scaled_out_finds_what_one_detector_finds_and_every_planted_incident(city):
     names, values, planted, expected = city
     unsharded = replay_opened(values, scaled=False)
@@ -352,9 +326,10 @@ def test_workers_find_the_replay_incidents(city, bootstrap, topic_name, tmp_path
             # and the same timestamp, to the millisecond (read once the worker stopped: it
             # sends marks every second)
             cluster.stop()
-            source = {(r.partition, r.offset): r for r in records(bootstrap, names["reports"])}
+            reports = consume_records(bootstrap, names["reports"])
+            source = {(r.partition, r.offset): r for r in reports}
             copies = 0
-            for routed in records(bootstrap, cluster.routed):
+            for routed in consume_records(bootstrap, cluster.routed):
                 kind, _, channel, _, origin, payload = open_routed(routed.value)
                 if kind == REPORT:
                     original = source[(channel, origin)]

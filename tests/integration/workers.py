@@ -224,8 +224,21 @@ def consume(
     client_options: dict | None = None,
 ) -> list[bytes]:
     """Everything on a topic: read until `until` holds (then `settle_s` more) or it is quiet."""
+    records = consume_records(bootstrap, topic, settle_s, timeout_s, until, client_options)
+    return [record.value for record in records]
 
-    async def run() -> list[bytes]:
+
+def consume_records(
+    bootstrap: str,
+    topic: str,
+    settle_s: float = 2.0,
+    timeout_s: float = 60.0,
+    until: Callable[[list[bytes]], bool] | None = None,
+    client_options: dict | None = None,
+) -> list:
+    """`consume`, with the records whole (aiokafka's: partition, offset, timestamp, value)."""
+
+    async def run() -> list:
         consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
@@ -234,6 +247,7 @@ def consume(
             **(client_options or {}),
         )
         await consumer.start()
+        records: list = []
         values: list[bytes] = []
         deadline = time.monotonic() + timeout_s
         quiet_since = time.monotonic()
@@ -241,7 +255,9 @@ def consume(
         try:
             while time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=200)
-                got = [m.value for messages in batch.values() for m in messages]
+                fetched = [m for messages in batch.values() for m in messages]
+                records.extend(fetched)
+                got = [m.value for m in fetched]
                 values.extend(got)
                 now = time.monotonic()
                 if got:
@@ -255,7 +271,7 @@ def consume(
                     break
         finally:
             await consumer.stop()
-        return values
+        return records
 
     return asyncio.run(run())
 
